@@ -1,0 +1,257 @@
+"""The ``kcm`` command line: parse, call one function of the core, map errors to exit codes.
+
+A small hand-written parser for the seed's docopt-style usage: argparse alone costs more
+start-up time than ``kcm isolate`` spends on its whole allocation.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from kcm import __version__
+from kcm.errors import KcmError, UsageError
+
+USAGE = """\
+kcm.
+
+Usage:
+  kcm (-h | --help)
+  kcm --version
+  kcm init [--conf-dir=<dir>] [--num-dp-cores=<num>] [--num-cp-cores=<num>]
+  kcm discover [--conf-dir=<dir>]
+  kcm describe [--conf-dir=<dir>]
+  kcm reconcile [--conf-dir=<dir>]
+  kcm isolate [--conf-dir=<dir>] --pool=<pool> <command> [-- <args> ...]
+  kcm install --install-dir=<dir>
+  kcm init [--conf-dir=<dir>] [--num-dp-cores=<num>] [--num-cp-cores=<num>] [--keep-existing]
+  kcm discover [--conf-dir=<dir>] [--taint] [--interval=<seconds>]
+  kcm reconcile [--conf-dir=<dir>] [--interval=<seconds>]
+  kcm cluster-init [--namespace=<ns>] [--image=<image>] [--num-dp-cores=<num>]
+                   [--num-cp-cores=<num>] [--node-selector=<key=value>]
+                   [--reconcile-interval=<seconds>] [--example-workload]
+"""
+
+OPTIONS = """\
+Options:
+  -h --help             Show this screen.
+  --version             Show version.
+  --conf-dir=<dir>      KCM configuration directory [default: /etc/kcm].
+  --install-dir=<dir>   KCM install directory.
+  --num-dp-cores=<num>  Number of data plane cores [default: 4].
+  --num-cp-cores=<num>  Number of control plane cores [default: 1].
+  --pool=<pool>         Pool name: either infra, controlplane or dataplane.
+  --keep-existing       init: keep a state directory that is already initialised.
+  --taint               discover: also taint the node kcm.io/dataplane=true:NoSchedule.
+  --interval=<seconds>  reconcile, discover: run a pass every <seconds> until SIGTERM.
+  --namespace=<ns>      cluster-init: namespace to deploy into [default: kcm].
+  --image=<image>       cluster-init: kcm container image [default: kcm:latest].
+  --node-selector=<key=value>
+                        cluster-init: run only on nodes with this label.
+  --reconcile-interval=<seconds>
+                        cluster-init: reconcile and discover period [default: 60].
+  --example-workload    cluster-init: also print a Pod that asks for kcm.io/dataplane.
+
+Environment:
+  KCM_PROC_FS           procfs to consult for PIDs; required by isolate and reconcile.
+  KCM_SYS_FS            sysfs to read the CPU topology from [default: /sys].
+  KCM_LOCK_TIMEOUT      seconds to wait for, and at most hold, the state lock [default: 30].
+  KCM_DEBUG=1           show a traceback on errors.
+  (CMK_PROC_FS and CMK_LOCK_TIMEOUT are read as aliases.)
+
+Exit status:
+  0 success; 1 reconcile found tasks with the wrong affinity; 2 usage error;
+  3 bad or missing state directory; 4 no free CPU list in the pool; 5 lock timeout;
+  6 host problem (procfs, sysfs, too few cores, cannot pin); 7 Kubernetes API error.
+  isolate exits with its command's status (128+N if the command was killed by signal N).
+"""
+
+HELP = USAGE + "\n" + OPTIONS
+
+# Each subcommand: the options taking a value, the flags, and their defaults.
+VALUE_OPTIONS = {
+    "init": {"--conf-dir", "--num-dp-cores", "--num-cp-cores"},
+    "discover": {"--conf-dir", "--interval"},
+    "describe": {"--conf-dir"},
+    "reconcile": {"--conf-dir", "--interval"},
+    "isolate": {"--conf-dir", "--pool"},
+    "install": {"--install-dir"},
+    "cluster-init": {
+        "--namespace",
+        "--image",
+        "--num-dp-cores",
+        "--num-cp-cores",
+        "--node-selector",
+        "--reconcile-interval",
+    },
+}
+FLAGS = {
+    "init": {"--keep-existing"},
+    "discover": {"--taint"},
+    "cluster-init": {"--example-workload"},
+}
+DEFAULTS = {
+    "--conf-dir": "/etc/kcm",
+    "--num-dp-cores": "4",
+    "--num-cp-cores": "1",
+    "--namespace": "kcm",
+    "--image": "kcm:latest",
+    "--reconcile-interval": "60",
+}
+REQUIRED = {"isolate": ("--pool",), "install": ("--install-dir",)}
+
+
+class Args:
+    """A parsed command line: the subcommand, option values and isolate's command and args."""
+
+    __slots__ = ("args", "command", "options", "subcommand")
+
+    def __init__(self, subcommand: str) -> None:
+        self.subcommand = subcommand
+        self.options: dict[str, str] = {}
+        self.command: str | None = None
+        self.args: list[str] = []
+
+    def get(self, name: str) -> str:
+        value = self.options.get(name)
+        return DEFAULTS.get(name, "") if value is None else value
+
+    def flag(self, name: str) -> bool:
+        return name in self.options
+
+
+def parse(argv: list[str]) -> Args:
+    """Parse ``argv`` (without the program name) the way the seed's usage reads."""
+    if not argv:
+        raise UsageError("a subcommand is required")
+    sub = argv[0]
+    if sub not in VALUE_OPTIONS:
+        raise UsageError(f"unknown subcommand {sub!r}")
+    values = VALUE_OPTIONS[sub]
+    flags = FLAGS.get(sub, set())
+    args = Args(sub)
+    i = 1
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        if token == "--":
+            if sub != "isolate" or args.command is None:
+                raise UsageError("'--' only belongs after kcm isolate's <command>")
+            args.args = argv[i:]
+            break
+        if token in ("-h", "--help") and args.command is None:
+            args.subcommand = "help"
+            return args
+        if token.startswith("--"):
+            name, eq, value = token.partition("=")
+            if name in values:
+                if not eq:
+                    if i >= len(argv):
+                        raise UsageError(f"{name} needs a value")
+                    value = argv[i]
+                    i += 1
+            elif name in flags and not eq:
+                value = ""
+            else:
+                raise UsageError(f"kcm {sub} has no option {token!r}")
+            if name in args.options:
+                raise UsageError(f"{name} given twice")
+            args.options[name] = value
+        elif sub == "isolate" and args.command is None:
+            args.command = token
+        elif sub == "isolate":
+            raise UsageError(
+                f"unexpected argument {token!r}: put the command's arguments after '--'"
+                " (kcm isolate --pool=<pool> <command> -- <args> ...)"
+            )
+        else:
+            raise UsageError(f"unexpected argument {token!r}")
+    for name in REQUIRED.get(sub, ()):
+        if name not in args.options:
+            raise UsageError(f"kcm {sub} needs {name}=<{name[2:].split('-')[0]}>")
+    if sub == "isolate" and not args.command:
+        raise UsageError("kcm isolate needs a <command>")
+    return args
+
+
+def count_option(args: Args, name: str) -> int:
+    text = args.get(name)
+    if not (text.isdigit() and text.isascii()):
+        raise UsageError(f"{name}={text!r} is not a non-negative whole number")
+    return int(text)
+
+
+def seconds_option(args: Args, name: str) -> float | None:
+    if name not in args.options:
+        return None
+    text = args.options[name]
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise UsageError(f"{name}={text!r} is not a positive number of seconds")
+    return value
+
+
+def dispatch(args: Args) -> int:
+    sub = args.subcommand
+    conf_dir = args.get("--conf-dir")
+    if sub == "isolate":
+        from kcm import isolate
+
+        assert args.command is not None
+        return isolate.run(conf_dir, args.get("--pool"), args.command, args.args)
+    if sub == "describe":
+        from kcm import describe
+
+        sys.stdout.write(describe.describe(conf_dir))
+        return 0
+    if sub == "init":
+        from kcm import init
+
+        dp, cp = count_option(args, "--num-dp-cores"), count_option(args, "--num-cp-cores")
+        return init.init(conf_dir, dp, cp, keep_existing=args.flag("--keep-existing"))
+    if sub == "reconcile":
+        from kcm import reconcile
+
+        return reconcile.main(conf_dir, seconds_option(args, "--interval"))
+    if sub == "install":
+        from kcm import install
+
+        install.install(args.get("--install-dir"))
+        return 0
+    if sub == "discover":
+        from kcm import discover
+
+        return discover.main(
+            conf_dir, taint=args.flag("--taint"), interval=seconds_option(args, "--interval")
+        )
+    from kcm import cluster
+
+    options = {name: args.get(name) for name in VALUE_OPTIONS["cluster-init"]}
+    return cluster.main(options, example_workload=args.flag("--example-workload"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        sys.stdout.write(HELP)
+        return 0
+    if argv and argv[0] == "--version":
+        sys.stdout.write(f"kcm {__version__}\n")
+        return 0
+    try:
+        args = parse(argv)
+        if args.subcommand == "help":
+            sys.stdout.write(HELP)
+            return 0
+        return dispatch(args)
+    except KcmError as e:
+        if os.environ.get("KCM_DEBUG") == "1":
+            raise
+        hint = " (see kcm --help)" if isinstance(e, UsageError) else ""
+        sys.stderr.write(f"kcm: error: {e.message}{hint}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,93 @@
+"""Parse and format Linux cpu-list strings ("0-2,8-10"); pure functions, no imports at run time."""
+
+from __future__ import annotations
+
+from kcm.errors import ParseError
+
+TYPE_CHECKING = False  # typing costs ms at start-up; mypy treats this name as True
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+# A bound on CPU numbers that keeps a typo like "0-99999999" from building a huge set.
+MAX_CPU = 1 << 16
+
+
+def _parse_cpu(text: str, whole: str) -> int:
+    if not text.isdigit() or not text.isascii():
+        raise ParseError(f"invalid cpu list {whole!r}: {text!r} is not a CPU number")
+    cpu = int(text)
+    if cpu >= MAX_CPU:
+        raise ParseError(f"invalid cpu list {whole!r}: CPU {cpu} is out of range")
+    return cpu
+
+
+def parse(text: str) -> frozenset[int]:
+    """The CPUs of a cpu-list string such as ``"0-2,8-10"``; surrounding whitespace is allowed.
+
+    An empty string is the empty set (sysfs writes ``offline`` that way).
+    """
+    whole = text
+    text = text.strip()
+    if not text:
+        return frozenset()
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, dash, last = part.partition("-")
+        lo = _parse_cpu(first, whole)
+        if not dash:
+            cpus.add(lo)
+            continue
+        hi = _parse_cpu(last, whole)
+        if hi < lo:
+            raise ParseError(f"invalid cpu list {whole!r}: range {part!r} runs backwards")
+        cpus.update(range(lo, hi + 1))
+    return frozenset(cpus)
+
+
+def format(cpus: Iterable[int]) -> str:
+    """The canonical cpu-list string of ``cpus``: ascending, runs of 3+ written as ranges.
+
+    Runs of two are written as ``a-b`` too, which is what the kernel prints (``0-1``).
+    """
+    ordered = sorted(set(cpus))
+    parts: list[str] = []
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+def is_canonical(text: str) -> bool:
+    """Whether ``text`` is exactly the canonical form of the CPUs it names."""
+    try:
+        cpus = parse(text)
+    except ParseError:
+        return False
+    return bool(cpus) and format(cpus) == text
+
+
+def from_mask(mask: int) -> frozenset[int]:
+    """The CPUs of a hexadecimal core mask's integer value (bit n is CPU n)."""
+    if mask < 0:
+        raise ParseError(f"invalid core mask {mask}: negative")
+    cpus = set()
+    bit = 0
+    while mask:
+        if mask & 1:
+            cpus.add(bit)
+        mask >>= 1
+        bit += 1
+    return frozenset(cpus)
+
+
+def to_mask(cpus: Iterable[int]) -> int:
+    """The core mask whose bit n is set for each CPU n."""
+    mask = 0
+    for cpu in cpus:
+        mask |= 1 << cpu
+    return mask

@@ -1,0 +1,17 @@
+"""``kcm describe``: the state directory as JSON, in the seed's exact layout."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from kcm.model import describe as describe_document
+from kcm.state import StateDir, lock_timeout
+
+
+def describe(conf_dir: str) -> str:
+    with StateDir(conf_dir) as state:
+        state.lock(lock_timeout(), shared=True)
+        pools = state.read_pools()
+    document = describe_document(os.path.normpath(conf_dir), pools)
+    return json.dumps(document, sort_keys=True, indent=2) + "\n"

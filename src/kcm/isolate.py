@@ -1,0 +1,159 @@
+"""Run a command on a CPU list of a pool: book the list, pin, run, forward signals, release.
+
+This is kcm's hot path, so it imports nothing heavy: ``_signal`` instead of ``signal`` (which
+pulls in ``enum``), ``os.fork``/``os.execv`` instead of ``subprocess``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from kcm import cpulist, procfs
+from kcm.allocate import choose_cpu_list
+from kcm.errors import EnvironmentProblem, PoolExhaustedError
+from kcm.state import StateDir, lock_timeout, validate_pool_name
+
+TYPE_CHECKING = False  # typing costs ms at start-up; mypy treats this name as True
+if TYPE_CHECKING:
+    import signal as _signal
+
+    Handlers = dict[int, _signal._HANDLER]
+else:
+    import _signal
+
+SHELL = "/bin/sh"
+FORWARDED = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP)
+RESTORED = (_signal.SIGPIPE, _signal.SIGXFSZ)
+
+
+def shell_argv(command: str, args: list[str]) -> list[str]:
+    """The sub-shell argv: shell syntax in ``command`` works, ``args`` arrive verbatim."""
+    return [SHELL, "-c", f'{command} "$@"', "sh", *args]
+
+
+def exit_status(wait_status: int) -> int:
+    """The status a shell would report: the exit code, or 128+N when killed by signal N."""
+    if os.WIFSIGNALED(wait_status):
+        return 128 + os.WTERMSIG(wait_status)
+    return os.waitstatus_to_exitcode(wait_status)
+
+
+def book(conf_dir: str, pool_name: str, pid: int, start_time: int) -> str:
+    """Record ``pid`` on a list of ``pool_name`` under the lock; the list's name."""
+    validate_pool_name(pool_name)
+    with StateDir(conf_dir) as state:
+        state.lock(lock_timeout())
+        pool = state.read_pool(pool_name)
+        chosen = choose_cpu_list(pool)
+        if chosen is None:
+            if not pool.cpu_lists:
+                raise PoolExhaustedError(f"pool {pool_name!r} in {conf_dir} has no CPU lists")
+            raise PoolExhaustedError(
+                f"no free CPU list in exclusive pool {pool_name!r} of {conf_dir}: all"
+                f" {len(pool.cpu_lists)} are taken (kcm reconcile frees lists of dead tasks)"
+            )
+        state.add_task(pool_name, chosen, pid, start_time)
+        return chosen.cpus
+
+
+def release(conf_dir: str, pool_name: str, cpu_list: str, pid: int) -> None:
+    with StateDir(conf_dir) as state:
+        state.lock(lock_timeout())
+        state.remove_task(pool_name, cpu_list, pid)
+
+
+class _Forwarder:
+    """Signal handler state: signals that arrive before the child exists are replayed."""
+
+    def __init__(self) -> None:
+        self.child_pgid = 0
+        self.pending: list[int] = []
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.child_pgid:
+            try:
+                os.killpg(self.child_pgid, signum)
+            except ProcessLookupError:
+                pass
+        else:
+            self.pending.append(signum)
+
+
+def _tty_foreground() -> bool:
+    try:
+        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
+
+
+def run(conf_dir: str, pool_name: str, command: str, args: list[str]) -> int:
+    """``kcm isolate``: the command's exit status (128+N if killed by signal N)."""
+    root = procfs.proc_root("kcm isolate")
+    me = procfs.self_stat(root)
+    argv = shell_argv(command, args)
+    forwarder = _Forwarder()
+    previous: dict[int, _signal._HANDLER] = {
+        sig: _signal.signal(sig, forwarder) for sig in FORWARDED
+    }
+    cpus = book(conf_dir, pool_name, me.pid, me.start_time)
+    try:
+        try:
+            os.sched_setaffinity(0, cpulist.parse(cpus))
+        except OSError as e:
+            raise EnvironmentProblem(
+                f"cannot pin to CPUs {cpus} of pool {pool_name!r}: {e.strerror}"
+            ) from None
+        env = dict(os.environ)
+        env["KCM_CPUS_ASSIGNED"] = cpus
+        env["KCM_POOL"] = pool_name
+        status = _spawn_and_wait(argv, env, forwarder, previous)
+    finally:
+        release(conf_dir, pool_name, cpus, me.pid)
+    return exit_status(status)
+
+
+def _spawn_and_wait(
+    argv: list[str],
+    env: dict[str, str],
+    forwarder: _Forwarder,
+    previous: dict[int, _signal._HANDLER],
+) -> int:
+    hand_tty = _tty_foreground()
+    pid = os.fork()
+    if pid == 0:  # the child: own process group, the terminal if we had it, then the shell
+        try:
+            for sig, handler in previous.items():
+                _signal.signal(sig, handler)
+            for sig in RESTORED:  # Python ignores these; a command expects the defaults
+                _signal.signal(sig, _signal.SIG_DFL)
+            os.setpgid(0, 0)
+            if hand_tty:
+                _signal.signal(_signal.SIGTTOU, _signal.SIG_IGN)
+                os.tcsetpgrp(0, os.getpgrp())
+                _signal.signal(_signal.SIGTTOU, _signal.SIG_DFL)
+            os.execve(argv[0], argv, env)
+        except OSError as e:
+            os.write(2, f"kcm: error: cannot run {argv[0]}: {e.strerror}\n".encode())
+        os._exit(127)
+    try:
+        os.setpgid(pid, pid)  # also here, so the group exists before we signal it
+    except OSError:
+        pass  # the child already exec'd (it set its own group) or exited
+    forwarder.child_pgid = pid
+    for signum in forwarder.pending:
+        forwarder(signum, None)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except ChildProcessError:
+            status = 127 << 8
+            break
+    if hand_tty:
+        old = _signal.signal(_signal.SIGTTOU, _signal.SIG_IGN)
+        try:
+            os.tcsetpgrp(0, os.getpgrp())
+        except OSError:
+            pass
+        _signal.signal(_signal.SIGTTOU, old)
+    return status

@@ -63,7 +63,7 @@ def release(conf_dir: str, pool_name: str, cpu_list: str, pid: int) -> None:
 
 
 class _Forwarder:
-    """Signal handler state: signals that arrive before the child exists are replayed."""
+    """The handler of SIGTERM/SIGINT/SIGHUP: passed to the command's group once it exists."""
 
     def __init__(self) -> None:
         self.child_pgid = 0
@@ -92,9 +92,7 @@ def run(conf_dir: str, pool_name: str, command: str, args: list[str]) -> int:
     me = procfs.self_stat(root)
     argv = shell_argv(command, args)
     forwarder = _Forwarder()
-    previous: dict[int, _signal._HANDLER] = {
-        sig: _signal.signal(sig, forwarder) for sig in FORWARDED
-    }
+    previous: Handlers = {sig: _signal.signal(sig, forwarder) for sig in FORWARDED}
     cpus = book(conf_dir, pool_name, me.pid, me.start_time)
     try:
         try:
@@ -106,6 +104,10 @@ def run(conf_dir: str, pool_name: str, command: str, args: list[str]) -> int:
         env = dict(os.environ)
         env["KCM_CPUS_ASSIGNED"] = cpus
         env["KCM_POOL"] = pool_name
+        # From here until the child has its own handlers and group, signals wait in the kernel.
+        _signal.pthread_sigmask(_signal.SIG_BLOCK, FORWARDED)
+        if forwarder.pending:  # asked to stop while booking: the command never starts
+            return 128 + forwarder.pending[0]
         status = _spawn_and_wait(argv, env, forwarder, previous)
     finally:
         release(conf_dir, pool_name, cpus, me.pid)
@@ -113,11 +115,9 @@ def run(conf_dir: str, pool_name: str, command: str, args: list[str]) -> int:
 
 
 def _spawn_and_wait(
-    argv: list[str],
-    env: dict[str, str],
-    forwarder: _Forwarder,
-    previous: dict[int, _signal._HANDLER],
+    argv: list[str], env: dict[str, str], forwarder: _Forwarder, previous: Handlers
 ) -> int:
+    """Fork the sub-shell (signals blocked on entry) and wait; the wait status."""
     hand_tty = _tty_foreground()
     pid = os.fork()
     if pid == 0:  # the child: own process group, the terminal if we had it, then the shell
@@ -131,6 +131,7 @@ def _spawn_and_wait(
                 _signal.signal(_signal.SIGTTOU, _signal.SIG_IGN)
                 os.tcsetpgrp(0, os.getpgrp())
                 _signal.signal(_signal.SIGTTOU, _signal.SIG_DFL)
+            _signal.pthread_sigmask(_signal.SIG_UNBLOCK, FORWARDED)
             os.execve(argv[0], argv, env)
         except OSError as e:
             os.write(2, f"kcm: error: cannot run {argv[0]}: {e.strerror}\n".encode())
@@ -140,8 +141,7 @@ def _spawn_and_wait(
     except OSError:
         pass  # the child already exec'd (it set its own group) or exited
     forwarder.child_pgid = pid
-    for signum in forwarder.pending:
-        forwarder(signum, None)
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, FORWARDED)
     while True:
         try:
             _, status = os.waitpid(pid, 0)

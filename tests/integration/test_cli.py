@@ -1,0 +1,105 @@
+"""The command as a user meets it: help, version, install, usage errors."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+from kcm import __version__
+from kcm.cli import HELP
+from tests.conftest import BIN, assert_one_error_line, kcm_env, run_kcm
+from tests.fixtures.state import SEED_STATE, build_state
+
+
+def test_help_and_version() -> None:
+    for flag in ("-h", "--help"):
+        result = run_kcm(flag)
+        assert (result.code, result.out, result.err) == (0, HELP, "")
+    assert run_kcm("describe", "--help").out == HELP
+    assert run_kcm("--version").out == f"kcm {__version__}\n"
+
+
+def test_cmk_is_the_same_program() -> None:
+    proc = subprocess.run([str(BIN / "cmk"), "--help"], capture_output=True, text=True)
+    assert proc.stdout == HELP
+
+
+def test_usage_error_is_one_line_exit_2() -> None:
+    result = run_kcm("isolate", "--pool=infra", "sleep", "1")
+    assert_one_error_line(result, "put the command's arguments after '--'")
+    assert result.code == 2
+
+
+def test_install_gives_a_standalone_kcm(tmp_path: Path) -> None:
+    target = tmp_path / "opt" / "bin"
+    result = run_kcm("install", f"--install-dir={target}")
+    assert result.code == 0, result.err
+    installed = target / "kcm"
+    assert installed.stat().st_mode & 0o777 == 0o755
+    assert [n for n in os.listdir(target)] == ["kcm"]  # no temp file left behind
+    bare = {"PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        ["env", "-i", "PATH=/usr/bin:/bin", str(installed), "--help"],
+        capture_output=True,
+        text=True,
+        cwd="/",
+    )
+    assert (proc.returncode, proc.stdout) == (0, HELP)
+    conf = build_state(str(tmp_path / "kcm"), SEED_STATE)
+    described = subprocess.run(
+        [str(installed), "describe", f"--conf-dir={conf}"],
+        capture_output=True,
+        text=True,
+        env=bare,
+        cwd="/",
+    )
+    assert described.returncode == 0, described.stderr
+    assert described.stdout == run_kcm("describe", f"--conf-dir={conf}").out
+    # isolate works from it too, with the host's python3 and nothing of ours installed.
+    here = build_state(str(tmp_path / "here"), {"infra": (False, {"0": ""})})
+    isolated = subprocess.run(
+        [str(installed), "isolate", f"--conf-dir={here}", "--pool=infra", "echo $KCM_POOL"],
+        capture_output=True,
+        text=True,
+        env={**bare, "KCM_PROC_FS": "/proc"},
+        cwd="/",
+    )
+    assert (isolated.returncode, isolated.stdout) == (0, "infra\n"), isolated.stderr
+
+
+def test_install_replaces_atomically_and_reinstalls_from_itself(tmp_path: Path) -> None:
+    first = tmp_path / "a"
+    assert run_kcm("install", f"--install-dir={first}").code == 0
+    second = tmp_path / "b"
+    proc = subprocess.run(
+        [str(first / "kcm"), "install", f"--install-dir={second}"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (first / "kcm").read_bytes() == (second / "kcm").read_bytes()
+
+
+def test_install_into_unwritable_place(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run_kcm("install", f"--install-dir={blocker}/sub")
+    assert_one_error_line(result, "cannot use", str(blocker))
+    assert result.code == 6
+
+
+def test_discover_without_cluster_support_is_clear(tmp_path: Path) -> None:
+    result = run_kcm("discover", f"--conf-dir={tmp_path}", env=kcm_env(NODE_NAME=None))
+    assert result.code != 0
+    assert result.err.startswith("kcm: error: ")
+    assert "Traceback" not in result.err
+
+
+def test_state_files_are_not_world_writable(state2: str) -> None:
+    for dirpath, dirnames, filenames in os.walk(state2):
+        for name in dirnames + filenames:
+            mode = os.lstat(os.path.join(dirpath, name)).st_mode
+            assert not mode & (stat.S_IWGRP | stat.S_IWOTH), name

@@ -1,0 +1,251 @@
+"""kcm init on sysfs trees of named topologies: exact trees, refusals, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import assert_one_error_line, kcm_env, run_kcm
+from tests.fixtures.state import snapshot, tree
+from tests.fixtures.sysfs import (
+    DUAL_SOCKET_20_CORE_HT,
+    NO_HT_2,
+    NO_HT_4,
+    NON_CONTIGUOUS,
+    SEED_16,
+    FakeCpu,
+    build_sysfs,
+)
+
+SEED_TREE = {
+    "controlplane": False,
+    "controlplane/3,11": [],
+    "dataplane": True,
+    "dataplane/4,12": [],
+    "dataplane/5,13": [],
+    "dataplane/6,14": [],
+    "dataplane/7,15": [],
+    "infra": False,
+    "infra/0-2,8-10": [],
+}
+
+
+def init(tmp_path: Path, cpus: list[FakeCpu], *flags: str, offline: frozenset[int] = frozenset()):
+    sys_root = build_sysfs(str(tmp_path / "sys"), cpus, offline=offline)
+    conf = str(tmp_path / "kcm")
+    return conf, run_kcm("init", f"--conf-dir={conf}", *flags, env=kcm_env(KCM_SYS_FS=sys_root))
+
+
+def test_seed_machine_defaults_give_the_seed_tree(tmp_path: Path) -> None:
+    conf, result = init(tmp_path, SEED_16)
+    assert result.code == 0, result.err
+    assert tree(conf) == SEED_TREE
+    assert sorted(os.listdir(conf)) == ["lock", "pools"]
+    files = {p: c for p, (_, c) in snapshot(conf).items() if isinstance(c, bytes)}
+    assert files["pools/dataplane/exclusive"] == b"1"
+    assert files["pools/infra/exclusive"] == b"0"
+    assert files["pools/dataplane/4,12/tasks"] == b""
+
+
+@pytest.mark.parametrize(
+    ("cpus", "flags", "offline", "expected"),
+    [
+        pytest.param(
+            SEED_16,
+            ["--num-dp-cores=2", "--num-cp-cores=2"],
+            frozenset(),
+            {
+                "controlplane": False,
+                "controlplane/4-5,12-13": [],
+                "dataplane": True,
+                "dataplane/6,14": [],
+                "dataplane/7,15": [],
+                "infra": False,
+                "infra/0-3,8-11": [],
+            },
+            id="seed-2dp-2cp",
+        ),
+        pytest.param(
+            DUAL_SOCKET_20_CORE_HT,
+            [],
+            frozenset(),
+            {
+                "controlplane": False,
+                "controlplane/15,35": [],
+                "dataplane": True,
+                "dataplane/16,36": [],
+                "dataplane/17,37": [],
+                "dataplane/18,38": [],
+                "dataplane/19,39": [],
+                "infra": False,
+                "infra/0-14,20-34": [],
+            },
+            id="dual-socket-ht",
+        ),
+        pytest.param(
+            NO_HT_4,
+            ["--num-dp-cores=2"],
+            frozenset(),
+            {
+                "controlplane": False,
+                "controlplane/1": [],
+                "dataplane": True,
+                "dataplane/2": [],
+                "dataplane/3": [],
+                "infra": False,
+                "infra/0": [],
+            },
+            id="no-ht",
+        ),
+        pytest.param(
+            SEED_16,
+            ["--num-dp-cores=2"],
+            frozenset({7, 14}),
+            {
+                # CPU 7 offline: core 7 keeps only 15; CPU 14 offline: core 6 keeps only 6.
+                "controlplane": False,
+                "controlplane/5,13": [],
+                "dataplane": True,
+                "dataplane/15": [],
+                "dataplane/6": [],
+                "infra": False,
+                "infra/0-4,8-12": [],
+            },
+            id="offline-cpus",
+        ),
+        pytest.param(
+            NON_CONTIGUOUS,
+            ["--num-dp-cores=2"],
+            frozenset(),
+            {
+                "controlplane": False,
+                "controlplane/1,9": [],
+                "dataplane": True,
+                "dataplane/4,12": [],
+                "dataplane/5,13": [],
+                "infra": False,
+                "infra/0,8": [],
+            },
+            id="non-contiguous",
+        ),
+    ],
+)
+def test_init_trees(
+    tmp_path: Path,
+    cpus: list[FakeCpu],
+    flags: list[str],
+    offline: frozenset[int],
+    expected: dict[str, object],
+) -> None:
+    conf, result = init(tmp_path, cpus, *flags, offline=offline)
+    assert result.code == 0, result.err
+    assert tree(conf) == expected
+
+
+def test_init_into_existing_empty_directory(tmp_path: Path) -> None:
+    (tmp_path / "kcm").mkdir()
+    conf, result = init(tmp_path, SEED_16)
+    assert result.code == 0, result.err
+    assert tree(conf) == SEED_TREE
+    assert sorted(os.listdir(conf)) == ["lock", "pools"]
+
+
+def test_init_refuses_non_empty_directory(tmp_path: Path) -> None:
+    (tmp_path / "kcm").mkdir()
+    (tmp_path / "kcm" / "precious").write_text("keep me")
+    before = snapshot(str(tmp_path / "kcm"))
+    conf, result = init(tmp_path, SEED_16)
+    assert_one_error_line(result, "is not empty", "precious")
+    assert result.code == 3
+    assert snapshot(conf) == before
+
+
+def test_init_refuses_existing_state(tmp_path: Path) -> None:
+    conf, first = init(tmp_path, SEED_16)
+    assert first.code == 0
+    before = snapshot(conf)
+    _, second = init(tmp_path, SEED_16)
+    assert_one_error_line(second, "is not empty")
+    assert snapshot(conf) == before
+
+
+@pytest.mark.parametrize(
+    ("flags", "code", "message"),
+    [
+        (["--num-dp-cores=8"], 6, "not enough physical cores"),
+        (["--num-dp-cores=4", "--num-cp-cores=4"], 6, "not enough physical cores"),
+        (["--num-dp-cores=abc"], 2, "--num-dp-cores='abc' is not a non-negative whole number"),
+        (["--num-cp-cores=-1"], 2, "--num-cp-cores='-1'"),
+        (["--num-dp-cores="], 2, "--num-dp-cores=''"),
+    ],
+)
+def test_init_bad_numbers_leave_nothing(
+    tmp_path: Path, flags: list[str], code: int, message: str
+) -> None:
+    conf, result = init(tmp_path, SEED_16, *flags)
+    assert_one_error_line(result, message)
+    assert result.code == code
+    assert not os.path.lexists(conf)
+    assert [p for p in os.listdir(tmp_path) if p != "sys"] == []
+
+
+def test_init_missing_sysfs_is_clear(tmp_path: Path) -> None:
+    conf = str(tmp_path / "kcm")
+    result = run_kcm("init", f"--conf-dir={conf}", env=kcm_env(KCM_SYS_FS=str(tmp_path / "nope")))
+    assert_one_error_line(result, "devices/system/cpu/online does not exist")
+    assert result.code == 6
+    assert not os.path.lexists(conf)
+
+
+def test_init_on_this_machine_real_sysfs(tmp_path: Path) -> None:
+    conf = str(tmp_path / "kcm")
+    online = Path("/sys/devices/system/cpu/online").read_text().strip()
+    result = run_kcm("init", f"--conf-dir={conf}", "--num-dp-cores=1", "--num-cp-cores=0")
+    assert result.code == 0, result.err
+    all_cpus = sorted(
+        int(c)
+        for key in tree(conf)
+        if "/" in key
+        for c in key.split("/")[1].replace("-", ",").split(",")
+    )
+    assert online in ("0-1", "0,1") and all_cpus == [0, 1]
+
+
+def test_keep_existing_keeps_state_and_tasks(tmp_path: Path) -> None:
+    conf, first = init(tmp_path, NO_HT_2, "--num-dp-cores=1", "--num-cp-cores=0")
+    assert first.code == 0
+    Path(conf, "pools/dataplane/1/tasks").write_text("4242")
+    before = snapshot(conf)
+    _, again = init(tmp_path, NO_HT_2, "--num-dp-cores=1", "--num-cp-cores=0", "--keep-existing")
+    assert again.code == 0, again.err
+    assert "kept the existing state" in again.err
+    assert snapshot(conf) == before
+
+
+def test_keep_existing_initialises_an_empty_dir(tmp_path: Path) -> None:
+    (tmp_path / "kcm").mkdir()
+    conf, result = init(tmp_path, SEED_16, "--keep-existing")
+    assert result.code == 0, result.err
+    assert tree(conf) == SEED_TREE
+
+
+def test_keep_existing_refuses_corrupt_state(tmp_path: Path) -> None:
+    conf, first = init(tmp_path, SEED_16)
+    assert first.code == 0
+    Path(conf, "pools/dataplane/4,12/tasks").write_text("12,abc")
+    before = snapshot(conf)
+    _, again = init(tmp_path, SEED_16, "--keep-existing")
+    assert_one_error_line(again, "pools/dataplane/4,12/tasks")
+    assert snapshot(conf) == before
+
+
+def test_stale_leftovers_of_a_killed_init_are_cleaned(tmp_path: Path) -> None:
+    # A build directory named after a PID that no longer exists, as a kill -9 leaves it.
+    stale = tmp_path / ".kcm.kcm-init-999999999"
+    (stale / "pools").mkdir(parents=True)
+    conf, result = init(tmp_path, SEED_16)
+    assert result.code == 0, result.err
+    assert not stale.exists()
+    assert tree(conf) == SEED_TREE

@@ -1,0 +1,265 @@
+"""kcm isolate with real processes on this machine's CPUs: pinning, bookkeeping, signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import KCM, assert_one_error_line, kcm_env, run_kcm
+from tests.fixtures.state import snapshot, tree
+
+PY = sys.executable
+
+
+def env(**extra: str) -> dict[str, str]:
+    return kcm_env(KCM_PROC_FS="/proc", **extra)
+
+
+def isolate(conf: str, pool: str, command: str, *args: str, **extra: str):
+    return run_kcm(
+        "isolate", f"--conf-dir={conf}", f"--pool={pool}", command, "--", *args, env=env(**extra)
+    )
+
+
+def start(conf: str, pool: str, command: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [KCM, "isolate", f"--conf-dir={conf}", f"--pool={pool}", command],
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def test_args_reach_the_command_verbatim(state2: str) -> None:
+    result = isolate(state2, "infra", "printf", "%s|", "a;b", "$HOME")
+    assert result.code == 0, result.err
+    assert result.out == "a;b|$HOME|"
+
+
+def test_args_with_spaces_quotes_and_dashes(state2: str) -> None:
+    result = isolate(state2, "infra", "printf", "[%s]", "two words", "it's", '"q"', "--", "-n", "")
+    assert result.out == '[two words][it\'s]["q"][--][-n][]'
+
+
+def test_shell_syntax_in_command(state2: str) -> None:
+    result = isolate(state2, "infra", "echo one; echo two | tr a-z A-Z")
+    assert result.out == "one\nTWO\n"
+
+
+def test_child_is_pinned_and_told_its_cpus(state2: str) -> None:
+    probe = (
+        "import os; print(sorted(os.sched_getaffinity(0)), os.environ['KCM_CPUS_ASSIGNED'],"
+        " os.environ['KCM_POOL'])"
+    )
+    result = isolate(state2, "dataplane", f'exec {PY} -c "{probe}"')
+    assert result.code == 0, result.err
+    assert result.out == "[1] 1 dataplane\n"
+    result = isolate(state2, "infra", f'exec {PY} -c "{probe}"')
+    assert result.out == "[0] 0 infra\n"
+
+
+def test_cmk_proc_fs_alias(state2: str) -> None:
+    result = run_kcm(
+        "isolate",
+        f"--conf-dir={state2}",
+        "--pool=infra",
+        "echo ok",
+        env=kcm_env(CMK_PROC_FS="/proc"),
+    )
+    assert (result.code, result.out) == (0, "ok\n")
+
+
+def test_exit_status_is_the_commands(state2: str) -> None:
+    assert isolate(state2, "infra", "exit 7").code == 7
+    assert isolate(state2, "infra", "kill -9 $$").code == 128 + 9
+    missing = isolate(state2, "infra", "no-such-command-kcm")
+    assert missing.code == 127
+    assert tree(state2)["infra/0"] == []
+
+
+def test_stdin_and_sigpipe_behave_like_a_shell(state2: str) -> None:
+    proc = subprocess.run(
+        [KCM, "isolate", f"--conf-dir={state2}", "--pool=infra", "cat"],
+        input="piped\n",
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=30,
+    )
+    assert proc.stdout == "piped\n"
+    # Python ignores SIGPIPE; the command must get the default back or `yes` never ends.
+    result = run_kcm(
+        "isolate", f"--conf-dir={state2}", "--pool=infra", "yes | head -n 2", env=env(), timeout=20
+    )
+    assert (result.code, result.out) == (0, "y\ny\n")
+
+
+def test_pid_is_booked_while_running_and_exclusive_pool_refuses(
+    state2: str, tmp_path: Path
+) -> None:
+    holder = start(state2, "dataplane", "sleep 30")
+    try:
+        wait_for(lambda: tree(state2)["dataplane/1"] == [holder.pid])
+        owner = Path(state2, f"pools/dataplane/1/.owner-{holder.pid}")
+        assert owner.read_text().strip().isdigit()
+        marker = tmp_path / "ran"
+        before = snapshot(state2)
+        refused = isolate(state2, "dataplane", f"touch {marker}")
+        assert_one_error_line(refused, "no free CPU list in exclusive pool 'dataplane'")
+        assert refused.code == 4
+        assert not marker.exists()
+        assert snapshot(state2) == before
+    finally:
+        holder.send_signal(signal.SIGTERM)
+        holder.wait(10)
+    assert holder.returncode == 128 + signal.SIGTERM
+    assert tree(state2)["dataplane/1"] == []
+    assert not any(n.startswith(".") for n in os.listdir(Path(state2, "pools/dataplane/1")))
+
+
+def test_shared_pool_takes_many_tasks(state2: str) -> None:
+    a = start(state2, "infra", "sleep 30")
+    b = start(state2, "infra", "sleep 30")
+    try:
+        wait_for(lambda: sorted(tree(state2)["infra/0"]) == sorted([a.pid, b.pid]))
+    finally:
+        for p in (a, b):
+            p.terminate()
+            p.wait(10)
+    assert tree(state2)["infra/0"] == []
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(entry))
+    return members
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_signals_reach_the_whole_command_group(state2: str, tmp_path: Path, sig: int) -> None:
+    pids = tmp_path / "pids"
+    # The sub-shell waits on a grandchild: the signal must reach both, not only the shell.
+    holder = start(state2, "infra", f"echo $$ > {pids}; sleep 60; echo survived")
+    try:
+        wait_for(lambda: pids.exists() and pids.read_text().strip().isdigit())
+        shell_pid = int(pids.read_text())
+        wait_for(lambda: len(_group_members(shell_pid)) == 2)  # the shell and its sleep
+        holder.send_signal(sig)
+        out, _ = holder.communicate(timeout=10)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    assert holder.returncode == 128 + sig
+    assert "survived" not in out
+    wait_for(lambda: _group_members(shell_pid) == [])
+    assert tree(state2)["infra/0"] == []
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_command_that_ignores_sigterm_keeps_its_list_until_it_exits(
+    state2: str, tmp_path: Path
+) -> None:
+    ready = tmp_path / "ready"
+    holder = start(state2, "dataplane", f"trap '' TERM; touch {ready}; sleep 1")
+    wait_for(ready.exists)
+    holder.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    assert tree(state2)["dataplane/1"] == [holder.pid]
+    holder.wait(10)
+    assert holder.returncode == 0
+    assert tree(state2)["dataplane/1"] == []
+
+
+def test_requires_proc_fs(state2: str) -> None:
+    before = snapshot(state2)
+    result = run_kcm("isolate", f"--conf-dir={state2}", "--pool=infra", "true", env=kcm_env())
+    assert_one_error_line(result, "KCM_PROC_FS")
+    assert result.code == 6
+    assert snapshot(state2) == before
+
+
+@pytest.mark.parametrize(
+    ("pool", "message"),
+    [
+        ("nosuch", "no pool 'nosuch'"),
+        ("../infra", "invalid pool name"),
+        ("a/b", "invalid pool"),
+        ("", "invalid pool name"),
+    ],
+)
+def test_bad_pool(state2: str, pool: str, message: str) -> None:
+    before = snapshot(state2)
+    result = isolate(state2, pool, "true")
+    assert_one_error_line(result, message)
+    assert snapshot(state2) == before
+
+
+def test_list_on_cpus_the_host_lacks(tmp_path: Path, state2: str) -> None:
+    os.rename(Path(state2, "pools/dataplane/1"), Path(state2, "pools/dataplane/63"))
+    before = snapshot(state2)
+    result = isolate(state2, "dataplane", "true")
+    assert_one_error_line(result, "cannot pin to CPUs 63")
+    assert result.code == 6
+    assert snapshot(state2) == before
+
+
+def test_lock_timeout(state2: str, tmp_path: Path) -> None:
+    import fcntl
+
+    fd = os.open(Path(state2, "lock"), os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        before = snapshot(state2)
+        started = time.monotonic()
+        result = isolate(state2, "infra", "true", KCM_LOCK_TIMEOUT="0.3")
+        elapsed = time.monotonic() - started
+    finally:
+        os.close(fd)
+    assert_one_error_line(result, "could not lock", "0.3s")
+    assert result.code == 5
+    assert 0.3 <= elapsed < 5
+    assert snapshot(state2) == before
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "0", "nan", "inf"])
+def test_bad_lock_timeout(state2: str, value: str) -> None:
+    result = isolate(state2, "infra", "true", KCM_LOCK_TIMEOUT=value)
+    assert_one_error_line(result, "KCM_LOCK_TIMEOUT")
+    assert result.code == 2
+
+
+def test_debug_shows_traceback(state2: str) -> None:
+    result = run_kcm(
+        "isolate", f"--conf-dir={state2}", "--pool=nosuch", "true", env=env(KCM_DEBUG="1")
+    )
+    assert result.code != 0
+    assert "Traceback" in result.err

@@ -1,0 +1,78 @@
+"""cpu-list parsing and formatting, as the kernel writes and reads them."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kcm import cpulist
+from kcm.errors import ParseError
+
+
+@pytest.mark.parametrize(
+    ("text", "cpus"),
+    [
+        ("", set()),
+        ("0", {0}),
+        ("4,12", {4, 12}),
+        ("0-2,8-10", {0, 1, 2, 8, 9, 10}),
+        ("0-1", {0, 1}),
+        (" 3,11\n", {3, 11}),
+        ("7,5,6", {5, 6, 7}),
+        ("2-2", {2}),
+    ],
+)
+def test_parse(text: str, cpus: set[int]) -> None:
+    assert cpulist.parse(text) == cpus
+
+
+@pytest.mark.parametrize(
+    ("cpus", "text"),
+    [
+        ([], ""),
+        ([4, 12], "4,12"),
+        ([0, 1, 2, 8, 9, 10], "0-2,8-10"),
+        ([0, 1], "0-1"),
+        ([4, 5, 12, 13], "4-5,12-13"),
+        ([15, 7, 7], "7,15"),
+    ],
+)
+def test_format(cpus: list[int], text: str) -> None:
+    assert cpulist.format(cpus) == text
+
+
+@pytest.mark.parametrize(
+    "bad", ["a", "1,", ",1", "1-", "-1", "3-1", "1 2", "1,,2", "0x3", "99999999", "\u0661"  # an Arabic-Indic digit: isdigit() is true, int() accepts it, "+1", "1--2"]
+)
+def test_parse_rejects(bad: str) -> None:
+    with pytest.raises(ParseError):
+        cpulist.parse(bad)
+
+
+@given(st.frozensets(st.integers(min_value=0, max_value=4095), max_size=200))
+def test_round_trip(cpus: frozenset[int]) -> None:
+    text = cpulist.format(cpus)
+    assert cpulist.parse(text) == cpus
+    assert cpulist.format(cpulist.parse(text)) == text
+    if cpus:
+        assert cpulist.is_canonical(text)
+
+
+@given(st.text(alphabet="0123456789,- x\n", max_size=30))
+def test_parse_only_raises_parse_error(text: str) -> None:
+    try:
+        cpus = cpulist.parse(text)
+    except ParseError:
+        return
+    assert cpulist.parse(cpulist.format(cpus)) == cpus
+
+
+@given(st.frozensets(st.integers(min_value=0, max_value=300)))
+def test_mask_round_trip(cpus: frozenset[int]) -> None:
+    assert cpulist.from_mask(cpulist.to_mask(cpus)) == cpus
+
+
+def test_mask_examples() -> None:
+    assert cpulist.from_mask(0x0C) == {2, 3}
+    assert cpulist.to_mask({8, 9}) == 0x300

@@ -43,7 +43,9 @@ def test_format(cpus: list[int], text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["a", "1,", ",1", "1-", "-1", "3-1", "1 2", "1,,2", "0x3", "99999999", "\u0661"  # an Arabic-Indic digit: isdigit() is true, int() accepts it, "+1", "1--2"]
+    "bad",
+    # "\u0661" is an Arabic-Indic digit: str.isdigit() and int() both accept it.
+    ["a", "1,", ",1", "1-", "-1", "3-1", "1 2", "1,,2", "0x3", "99999999", "\u0661", "+1", "1--2"],
 )
 def test_parse_rejects(bad: str) -> None:
     with pytest.raises(ParseError):

@@ -255,3 +255,18 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def run() -> None:
+    """The launchers' entry: ``main``, then exit without tearing the interpreter down.
+
+    Skipping finalisation saves ``kcm isolate`` a millisecond or two per call; every stream
+    is flushed first, and kcm holds no other buffered resource.
+    """
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):
+        code = code or 1
+    os._exit(code)

@@ -379,11 +379,24 @@ class StateDir:
     def remove_task(self, pool: str, cpu_list: str, pid: int) -> bool:
         """Remove ``pid`` from a list, re-reading its tasks first; False if it was not there."""
         self.check_lock_held()
-        current = self.read_pool(pool).cpu_lists.get(cpu_list)
-        if current is None or pid not in current.tasks:
-            return False
-        self.set_tasks(pool, cpu_list, [t for t in current.tasks if t != pid], [pid])
-        return True
+        fd = self._list_fd(pool, cpu_list)
+        try:
+            path = f"{self.path}/{POOLS}/{pool}/{cpu_list}/{TASKS}"
+            try:
+                tasks = parse_tasks(_read_small(fd, TASKS, path))
+            except ParseError as e:
+                raise StateError(f"{path}: invalid tasks file: {e}") from None
+            if pid not in tasks:
+                return False
+            atomic_write(fd, TASKS, format_tasks([t for t in tasks if t != pid]), sync_dir=False)
+            try:
+                os.unlink(f"{OWNER_PREFIX}{pid}", dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            _fsync_dir(fd)
+            return True
+        finally:
+            os.close(fd)
 
     def hidden_entries(self, pool: str, cpu_list: str) -> dict[str, str]:
         """The list's owner records (name -> content) and temp files (name -> "")."""

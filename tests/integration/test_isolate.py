@@ -263,3 +263,59 @@ def test_debug_shows_traceback(state2: str) -> None:
     )
     assert result.code != 0
     assert "Traceback" in result.err
+
+
+def test_interactive_command_gets_the_terminal(state2: str) -> None:
+    import pty
+    import select
+
+    pid, master = pty.fork()
+    if pid == 0:  # the child: a session whose controlling terminal is the pty
+        os.environ.update(KCM_PROC_FS="/proc")
+        os.execv(
+            KCM,
+            [
+                KCM,
+                "isolate",
+                f"--conf-dir={state2}",
+                "--pool=infra",
+                "read line; echo got:$line; tty -s && echo on-tty",
+            ],
+        )
+    output = b""
+    os.write(master, b"hello\n")
+    deadline = time.monotonic() + 15
+    while b"on-tty" not in output and time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                output += os.read(master, 1024)
+            except OSError:
+                break
+    _, status = os.waitpid(pid, 0)
+    assert b"got:hello" in output, output
+    assert b"on-tty" in output
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert tree(state2)["infra/0"] == []
+
+
+def test_nohup_keeps_sighup_ignored(state2: str, tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    holder = subprocess.Popen(
+        [
+            "nohup",
+            KCM,
+            "isolate",
+            f"--conf-dir={state2}",
+            "--pool=infra",
+            f"touch {ready}; sleep 0.5; echo lived",
+        ],
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    wait_for(ready.exists)
+    holder.send_signal(signal.SIGHUP)
+    out, _ = holder.communicate(timeout=10)
+    assert (holder.returncode, out) == (0, "lived\n")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 
-from kcm.model import describe as describe_document
+from kcm.model import describe_json
 from kcm.state import StateDir, lock_timeout
 
 
@@ -13,5 +12,4 @@ def describe(conf_dir: str) -> str:
     with StateDir(conf_dir) as state:
         state.lock(lock_timeout(), shared=True)
         pools = state.read_pools()
-    document = describe_document(os.path.normpath(conf_dir), pools)
-    return json.dumps(document, sort_keys=True, indent=2) + "\n"
+    return describe_json(os.path.normpath(conf_dir), pools)

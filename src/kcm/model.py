@@ -61,3 +61,52 @@ def describe(path: str, pools: dict[str, Pool]) -> dict[str, object]:
             for pool in pools.values()
         },
     }
+
+
+def _quote(text: str) -> str:
+    """``text`` as a JSON string, exactly as ``json.dumps`` writes it (ASCII only)."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    import json  # rare: only for names with quotes, escapes or non-ASCII characters
+
+    return json.dumps(text)
+
+
+def describe_json(path: str, pools: dict[str, Pool]) -> str:
+    """``json.dumps(describe(path, pools), sort_keys=True, indent=2) + "\\n"``, written directly.
+
+    The json module's indenting encoder is pure Python; on a state of 10,000 tasks this is
+    several times faster, and the output is byte-identical (the tests compare the two).
+    """
+    out = ["{", f'  "path": {_quote(path)},']
+    if not pools:
+        out.append('  "pools": {}')
+    else:
+        out.append('  "pools": {')
+        names = sorted(pools)
+        for i, name in enumerate(names):
+            pool = pools[name]
+            out.append(f"    {_quote(name)}: {{")
+            if not pool.cpu_lists:
+                out.append('      "cpuLists": {},')
+            else:
+                out.append('      "cpuLists": {')
+                keys = sorted(pool.cpu_lists)
+                for j, key in enumerate(keys):
+                    cl = pool.cpu_lists[key]
+                    out.append(f"        {_quote(key)}: {{")
+                    out.append(f'          "cpus": {_quote(cl.cpus)},')
+                    if cl.tasks:
+                        out.append('          "tasks": [')
+                        out.append(",\n".join(f"            {pid}" for pid in cl.tasks))
+                        out.append("          ]")
+                    else:
+                        out.append('          "tasks": []')
+                    out.append("        }," if j < len(keys) - 1 else "        }")
+                out.append("      },")
+            out.append(f'      "exclusive": {"true" if pool.exclusive else "false"},')
+            out.append(f'      "name": {_quote(pool.name)}')
+            out.append("    }," if i < len(names) - 1 else "    }")
+        out.append("  }")
+    out.append("}")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole check: lint, types, and every test (as root the tests use hugepages, tmux, DPDK).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check src tests benchmarks
+.venv/bin/ruff format --check src tests benchmarks
+.venv/bin/mypy
+.venv/bin/pytest -q "$@"

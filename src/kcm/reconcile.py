@@ -75,9 +75,9 @@ def reconcile(conf_dir: str, root: str) -> Report:
                     report.removed.extend((pool.name, cl.cpus, pid) for pid in dead)
                 else:
                     kept = cl.tasks
-                # Owner records of PIDs no longer on the list (a killed isolate between writes).
+                # Owner records of PIDs no longer on the list (a killed isolate between writes);
+                # those of the dead were removed with them.
                 junk += [f"{OWNER_PREFIX}{pid}" for pid in owners if pid not in cl.tasks]
-                junk = [n for n in junk if n not in {f"{OWNER_PREFIX}{p}" for p in dead}]
                 if junk:
                     state.remove_hidden(pool.name, cl.cpus, junk)
                     report.cleaned += len(junk)

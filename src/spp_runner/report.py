@@ -1,0 +1,64 @@
+"""Text a user reads: the plan of a dry run and the table of --status."""
+
+from __future__ import annotations
+
+from kcm import cpulist
+from spp_runner import eal
+from spp_runner.launch import WindowStatus
+from spp_runner.plan import Plan, Role
+
+
+def render_plan(plan: Plan) -> str:
+    """Every window with its cores and exact command line, then images and clean-up."""
+    lines = [f"session '{plan.session}' from {plan.config_path}: {len(plan.windows)} windows"]
+    width = max(len(w.name) for w in plan.windows)
+    for index, w in enumerate(plan.windows):
+        lines.append(f"  [{index}] {w.name:<{width}}  cores: {w.cores_text}")
+        lines.append(f"      {w.command}")
+        if w.role is Role.CONTROLLER:
+            ports = " and ".join(f"{plan.controller_host}:{p}" for p in plan.controller_ports)
+            lines.append(f"      ready when {ports} accept connections")
+        elif w.role is Role.PRIMARY:
+            lines.append(
+                f"      ready when {eal.runtime_config(plan.runtime_dir)} is held by "
+                "the live primary"
+            )
+        elif w.role is Role.SECONDARY:
+            lines.append(
+                f"      ready when it has attached to the primary (mp_socket in {plan.runtime_dir})"
+            )
+            if w.auto_cores:
+                lines.append(f"      cores booked by kcm from pool '{plan.kcm_pool}' at start")
+        elif w.role is Role.VHOST_VM:
+            lines.append(f"      starts once {', '.join(w.vhost_sockets)} exist")
+    if plan.images:
+        lines.append("images (qcow2 overlays, created on first use):")
+        for link in plan.images:
+            lines.append(f"  {link.path}  <- {link.parent}")
+    lines.append("--down removes:")
+    for path in plan.vhost_sockets:
+        lines.append(f"  {path}")
+    lines.append(f"  {plan.runtime_dir}")
+    lines.append(f"  {plan.huge_dir}/{plan.file_prefix}map_*")
+    return "\n".join(lines)
+
+
+def render_status(session: str, rows: list[WindowStatus]) -> str:
+    header = ("WINDOW", "STATE", "PID", "CPUS", "PLANNED", "COMMAND")
+    table = [header] + [
+        (
+            r.name,
+            r.state,
+            "-" if r.pid is None else str(r.pid),
+            "-" if r.cpus is None else cpulist.format(r.cpus),
+            r.planned,
+            r.command,
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    out = [f"session '{session}':"]
+    for row in table:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        out.append("  " + "  ".join([*cells, row[-1]]))
+    return "\n".join(out)

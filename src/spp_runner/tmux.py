@@ -1,0 +1,171 @@
+"""The runner's one door to tmux (through libtmux): sessions, windows, panes, stored plan.
+
+Callers pass argv lists and names; tmux command strings are built here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+
+import libtmux
+from libtmux import exc
+
+from spp_runner.errors import MissingError, SessionError
+
+PLAN_OPTION = "@spp-runner-plan"
+# A window first runs this, so that remain-on-exit is set before the real command starts
+# and a command that dies at once still leaves its output in the window.
+_PLACEHOLDER = "exec sleep 2147483647"
+_PANE_FORMAT = (
+    "#{window_id}\t#{window_name}\t#{pane_id}\t#{pane_pid}\t#{pane_dead}\t#{pane_dead_status}"
+)
+
+
+@dataclass(frozen=True)
+class Pane:
+    """A window's (single) pane as tmux reports it."""
+
+    window_id: str
+    window_name: str
+    pane_id: str
+    pid: int | None
+    dead: bool
+    dead_status: int | None
+
+
+def shell_command(argv: tuple[str, ...] | list[str]) -> str:
+    """The string tmux hands to the shell: the argv, quoted, run in place of the shell."""
+    return "exec " + shlex.join(argv)
+
+
+class Tmux:
+    """One tmux server: the user's default one, or the one ``socket_name`` names."""
+
+    def __init__(self, socket_name: str | None = None) -> None:
+        self.server = libtmux.Server(socket_name=socket_name)
+
+    def _cmd(self, *args: str) -> list[str]:
+        try:
+            result = self.server.cmd(*args)
+        except exc.TmuxCommandNotFound:
+            raise MissingError("tmux not found on PATH; install tmux") from None
+        if result.returncode != 0:
+            message = " ".join(result.stderr).strip() or f"exit status {result.returncode}"
+            raise SessionError(f"tmux {args[0]} failed: {message}")
+        return list(result.stdout)
+
+    def has_session(self, name: str) -> bool:
+        try:
+            return bool(self.server.has_session(name, exact=True))
+        except exc.TmuxCommandNotFound:
+            raise MissingError("tmux not found on PATH; install tmux") from None
+        except exc.LibTmuxException:
+            return False
+
+    def new_session(self, name: str, window: str, cwd: str, env: dict[str, str]) -> str:
+        """Create a detached session whose first window waits for ``start``; its window id."""
+        out = self._cmd(
+            "new-session",
+            "-d",
+            "-P",
+            "-F",
+            "#{window_id}",
+            "-s",
+            name,
+            "-n",
+            window,
+            "-x",
+            "200",
+            "-y",
+            "50",
+            "-c",
+            cwd,
+            *_env_args(env),
+            _PLACEHOLDER,
+        )
+        window_id = out[0].strip()
+        self._cmd("set-option", "-w", "-t", window_id, "remain-on-exit", "on")
+        return window_id
+
+    def new_window(self, session: str, window: str, cwd: str, env: dict[str, str]) -> str:
+        """Add a window that waits for ``start``; its window id."""
+        out = self._cmd(
+            "new-window",
+            "-d",
+            "-P",
+            "-F",
+            "#{window_id}",
+            "-t",
+            f"={session}:",
+            "-n",
+            window,
+            "-c",
+            cwd,
+            *_env_args(env),
+            _PLACEHOLDER,
+        )
+        window_id = out[0].strip()
+        self._cmd("set-option", "-w", "-t", window_id, "remain-on-exit", "on")
+        return window_id
+
+    def start(self, window_id: str, argv: tuple[str, ...], cwd: str, env: dict[str, str]) -> None:
+        """Replace the window's placeholder with ``argv``."""
+        self._cmd(
+            "respawn-pane", "-k", "-t", window_id, "-c", cwd, *_env_args(env), shell_command(argv)
+        )
+
+    def set_plan(self, session: str, text: str) -> None:
+        self._cmd("set-option", "-t", f"={session}", PLAN_OPTION, text)
+
+    def get_plan(self, session: str) -> str | None:
+        out = self._cmd("show-options", "-v", "-t", f"={session}", PLAN_OPTION)
+        return out[0] if out else None
+
+    def panes(self, session: str) -> list[Pane]:
+        panes = []
+        for line in self._cmd("list-panes", "-s", "-t", f"={session}", "-F", _PANE_FORMAT):
+            window_id, name, pane_id, pid, dead, status = line.split("\t")
+            panes.append(
+                Pane(
+                    window_id=window_id,
+                    window_name=name,
+                    pane_id=pane_id,
+                    pid=int(pid) if pid.isdigit() else None,
+                    dead=dead == "1",
+                    dead_status=int(status) if status.lstrip("-").isdigit() else None,
+                )
+            )
+        return panes
+
+    def pane(self, session: str, window_id: str) -> Pane | None:
+        return next((p for p in self.panes(session) if p.window_id == window_id), None)
+
+    def capture(self, target: str, lines: int = 15) -> list[str]:
+        """The last non-empty lines a window shows (for error messages)."""
+        try:
+            out = self._cmd("capture-pane", "-p", "-J", "-t", target, "-S", f"-{lines * 4}")
+        except SessionError:
+            return []
+        text = [line.rstrip() for line in out if line.strip()]
+        return text[-lines:]
+
+    def kill_session(self, session: str) -> None:
+        self._cmd("kill-session", "-t", f"={session}")
+
+    def attach_argv(self, session: str) -> list[str]:
+        """How to show the session: attach from a terminal, switch when already inside tmux."""
+        verb = "switch-client" if os.environ.get("TMUX") else "attach-session"
+        argv = ["tmux"]
+        socket_name = self.server.socket_name
+        if socket_name:
+            argv += ["-L", socket_name]
+        return [*argv, verb, "-t", f"={session}"]
+
+
+def _env_args(env: dict[str, str]) -> list[str]:
+    args: list[str] = []
+    for key, value in sorted(env.items()):
+        args += ["-e", f"{key}={value}"]
+    return args

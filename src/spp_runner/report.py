@@ -12,8 +12,10 @@ def render_plan(plan: Plan) -> str:
     """Every window with its cores and exact command line, then images and clean-up."""
     lines = [f"session '{plan.session}' from {plan.config_path}: {len(plan.windows)} windows"]
     width = max(len(w.name) for w in plan.windows)
+    digits = len(str(len(plan.windows) - 1))
     for index, w in enumerate(plan.windows):
-        lines.append(f"  [{index}] {w.name:<{width}}  cores: {w.cores_text}")
+        label = f"[{index}]".rjust(digits + 2)
+        lines.append(f"  {label} {w.name:<{width}}  cores: {w.cores_text}")
         lines.append(f"      {w.command}")
         if w.role is Role.CONTROLLER:
             ports = " and ".join(f"{plan.controller_host}:{p}" for p in plan.controller_ports)
@@ -30,7 +32,8 @@ def render_plan(plan: Plan) -> str:
             if w.auto_cores:
                 lines.append(f"      cores booked by kcm from pool '{plan.kcm_pool}' at start")
         elif w.role is Role.VHOST_VM:
-            lines.append(f"      starts once {', '.join(w.vhost_sockets)} exist")
+            verb = "exists" if len(w.vhost_sockets) == 1 else "exist"
+            lines.append(f"      starts once {', '.join(w.vhost_sockets)} {verb}")
     if plan.images:
         lines.append("images (qcow2 overlays, created on first use):")
         for link in plan.images:

@@ -117,10 +117,10 @@ class Tmux:
         )
 
     def set_plan(self, session: str, text: str) -> None:
-        self._cmd("set-option", "-t", f"={session}", PLAN_OPTION, text)
+        self._cmd("set-option", "-t", f"={session}:", PLAN_OPTION, text)
 
     def get_plan(self, session: str) -> str | None:
-        out = self._cmd("show-options", "-v", "-t", f"={session}", PLAN_OPTION)
+        out = self._cmd("show-options", "-q", "-v", "-t", f"={session}:", PLAN_OPTION)
         return out[0] if out else None
 
     def panes(self, session: str) -> list[Pane]:

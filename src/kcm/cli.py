@@ -47,7 +47,8 @@ Options:
   --namespace=<ns>      cluster-init: namespace to deploy into [default: kcm].
   --image=<image>       cluster-init: kcm container image [default: kcm:latest].
   --node-selector=<key=value>
-                        cluster-init: run only on nodes with this label.
+                        cluster-init: run only on nodes with these labels
+                        (key=value[,key=value...]).
   --reconcile-interval=<seconds>
                         cluster-init: reconcile and discover period [default: 60].
   --example-workload    cluster-init: also print a Pod that asks for kcm.io/dataplane.
@@ -57,12 +58,15 @@ Environment:
   KCM_SYS_FS            sysfs to read the CPU topology from [default: /sys].
   KCM_LOCK_TIMEOUT      seconds to wait for, and at most hold, the state lock [default: 30].
   KCM_DEBUG=1           show a traceback on errors.
+  NODE_NAME             discover: the node to advertise (in a pod: from spec.nodeName).
+  KUBECONFIG            discover outside a pod: kubeconfig file(s) [default: ~/.kube/config].
   (CMK_PROC_FS and CMK_LOCK_TIMEOUT are read as aliases.)
 
 Exit status:
   0 success; 1 reconcile found tasks with the wrong affinity; 2 usage error;
   3 bad or missing state directory; 4 no free CPU list in the pool; 5 lock timeout;
-  6 host problem (procfs, sysfs, too few cores, cannot pin); 7 Kubernetes API error.
+  6 host problem (procfs, sysfs, too few cores, cannot pin, missing Python package);
+  7 Kubernetes problem (no NODE_NAME, no credentials, API unreachable or refusing).
   isolate exits with its command's status (128+N if the command was killed by signal N).
 """
 

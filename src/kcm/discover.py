@@ -113,7 +113,9 @@ def capacity_patch(node: Node, count: int) -> list[dict[str, Any]]:
 
 def _has_taint(taints: tuple[dict[str, Any], ...], taint: Taint) -> bool:
     return any(
-        t.get("key") == taint.key and t.get("effect") == taint.effect and t.get("value") == taint.value
+        t.get("key") == taint.key
+        and t.get("effect") == taint.effect
+        and t.get("value") == taint.value
         for t in taints
     )
 
@@ -129,7 +131,9 @@ def node_patch(node: Node, taint: Taint | None) -> dict[str, Any]:
     if node.labels.get(LABEL) != LABEL_VALUE:
         patch["metadata"] = {"labels": {LABEL: LABEL_VALUE}}
     if taint is not None and not _has_taint(node.taints, taint):
-        kept = [t for t in node.taints if (t.get("key"), t.get("effect")) != (taint.key, taint.effect)]
+        kept = [
+            t for t in node.taints if (t.get("key"), t.get("effect")) != (taint.key, taint.effect)
+        ]
         patch.setdefault("metadata", {})["resourceVersion"] = node.resource_version
         patch["spec"] = {"taints": [*kept, taint.as_json()]}
     return patch

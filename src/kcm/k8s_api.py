@@ -102,7 +102,7 @@ def load_configuration() -> tuple[Any, str]:
     except (kubernetes.config.ConfigException, yaml.YAMLError, OSError, ValueError) as e:
         raise ClusterError(f"cannot use the kubeconfig ({setting}): {_one_line(str(e))}") from None
     cfg.retries = CONNECT_RETRIES
-    return cfg, f"the kubeconfig ({setting})"
+    return cfg, f"kubeconfig {setting}"
 
 
 def _status_message(body: str | bytes | None) -> str:
@@ -180,7 +180,9 @@ class NodeApi:
             _content_type=JSON_PATCH,
         )
 
-    def _call(self, request: Request, node: str, method: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call(
+        self, request: Request, node: str, method: Any, *args: Any, **kwargs: Any
+    ) -> dict[str, Any]:
         import urllib3
 
         exceptions = self._kubernetes.client.exceptions
@@ -214,8 +216,8 @@ class NodeApi:
         detail = f": {message}" if message else ""
         if status == 403:
             return ClusterError(
-                f"permission denied: kcm needs {request.verb} on {request.resource}"
-                f" (403 Forbidden from {self.host} with {self.source}{detail})"
+                f"permission denied: kcm needs permission to {request.verb} {request.resource}"
+                f" (403 Forbidden from {self.host}{detail})"
             )
         if status == 404:
             return ClusterError(

@@ -98,10 +98,10 @@ def _fsync_dir(fd: int) -> None:
 
 
 def _read_small(dir_fd: int, name: str, path: str) -> str:
-    """A small file's text, refusing symlinks, directories and oversized files.
+    """A small file's text, refusing symlinks, other file types and oversized files.
 
-    Three system calls (open, read, close): describe reads hundreds of these. O_NONBLOCK
-    keeps a planted FIFO from hanging the read.
+    Three system calls (open, read, close) for a file with content: describe reads hundreds
+    of these. O_NONBLOCK keeps a planted FIFO from hanging the read.
     """
     try:
         fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
@@ -111,6 +111,9 @@ def _read_small(dir_fd: int, name: str, path: str) -> str:
         raise StateError(f"cannot read {path}: {_why(e)}") from None
     try:
         data = os.read(fd, MAX_FILE_SIZE + 1)
+        # Nothing read: an empty file, or a FIFO or device planted in its place.
+        if not data and (os.fstat(fd).st_mode & 0o170000) != 0o100000:
+            raise StateError(f"{path} is not a regular file")
     except OSError as e:
         raise StateError(f"cannot read {path}: {_why(e)}") from None
     finally:

@@ -1,0 +1,72 @@
+"""The state directory adapter itself: the lock's time bound, atomic writes, refusals."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from kcm.errors import LockTimeoutError, StateError
+from kcm.model import CpuList
+from kcm.state import StateDir, atomic_write
+from tests.fixtures.state import build_state, snapshot
+
+
+@pytest.fixture
+def conf(tmp_path: Path) -> str:
+    return build_state(str(tmp_path / "kcm"), {"infra": (False, {"0": "7"})})
+
+
+def test_a_lock_held_past_the_timeout_writes_nothing(conf: str) -> None:
+    before = snapshot(conf)
+    with StateDir(conf) as state:
+        state.lock(0.05)
+        pool = state.read_pool("infra")
+        time.sleep(0.1)  # as if the process had been stopped while holding the lock
+        with pytest.raises(LockTimeoutError, match="past KCM_LOCK_TIMEOUT"):
+            state.add_task("infra", pool.cpu_lists["0"], 8, 123)
+    assert snapshot(conf) == before
+
+
+def test_add_and_remove_task(conf: str) -> None:
+    with StateDir(conf) as state:
+        state.lock(5)
+        state.add_task("infra", CpuList("0", [7]), 8, 4242)
+        assert Path(conf, "pools/infra/0/tasks").read_text() == "7,8"
+        assert Path(conf, "pools/infra/0/.owner-8").read_text() == "4242\n"
+        assert state.remove_task("infra", "0", 8)
+        assert not state.remove_task("infra", "0", 8)
+    assert Path(conf, "pools/infra/0/tasks").read_text() == "7"
+    assert sorted(os.listdir(Path(conf, "pools/infra/0"))) == ["tasks"]
+
+
+def test_atomic_write_leaves_no_temp_on_failure(tmp_path: Path) -> None:
+    (tmp_path / "target").mkdir()  # renaming a file over a directory fails
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(IsADirectoryError):
+            atomic_write(fd, "target", "data")
+    finally:
+        os.close(fd)
+    assert os.listdir(tmp_path) == ["target"]
+
+
+def test_symlinked_pool_directory_is_refused(conf: str, tmp_path: Path) -> None:
+    elsewhere = build_state(str(tmp_path / "other"), {"infra": (False, {"1": ""})})
+    os.symlink(Path(elsewhere, "pools/infra"), Path(conf, "pools/evil"))
+    with StateDir(conf) as state, pytest.raises(StateError, match="evil is not a pool directory"):
+        state.read_pools()
+    with StateDir(conf) as state, pytest.raises(StateError, match="symlink"):
+        state.read_pool("evil")
+
+
+def test_fifo_in_place_of_tasks_is_refused_without_hanging(conf: str) -> None:
+    tasks = Path(conf, "pools/infra/0/tasks")
+    tasks.unlink()
+    os.mkfifo(tasks)
+    started = time.monotonic()
+    with StateDir(conf) as state, pytest.raises(StateError, match="tasks is not a regular file"):
+        state.read_pool("infra")
+    assert time.monotonic() - started < 1

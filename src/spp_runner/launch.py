@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from spp_runner import eal, images, procfs
+from spp_runner import eal, images, procfs, telemetry
 from spp_runner.errors import LaunchError, MissingError, SessionError
 from spp_runner.plan import Plan, Role, Window, from_json, to_json
 from spp_runner.tmux import Pane, Tmux
@@ -205,7 +205,15 @@ def _wait(step: _Step, what: str, ready: Callable[[], bool], timeout: float) -> 
         if pane is None:
             raise step.failed(f"its window closed while waiting for {what}")
         if pane.dead:
-            status = "" if pane.dead_status is None else f" with status {pane.dead_status}"
+            # tmux may see the pty close before it has the exit status and the last output.
+            settle = time.monotonic() + 1.0
+            while pane is not None and pane.dead_status is None and time.monotonic() < settle:
+                time.sleep(POLL)
+                pane = step.pane()
+            time.sleep(2 * POLL)
+            status = ""
+            if pane is not None and pane.dead_status is not None:
+                status = f" with status {pane.dead_status}"
             raise step.failed(f"the process exited{status} while waiting for {what}")
         if ready():
             return
@@ -217,16 +225,36 @@ def _wait(step: _Step, what: str, ready: Callable[[], bool], timeout: float) -> 
         time.sleep(POLL)
 
 
-def _primary_ready(step: _Step) -> bool:
+def _primary_ready(step: _Step, since: float) -> bool:
+    """The primary's EAL is up (it holds its runtime config) and so is its packet memory.
+
+    EAL takes the config lock early; secondaries need the mempool the primary creates after
+    it, or they fail to find it. DPDK's telemetry socket says when a mempool exists; where
+    there is no telemetry (older DPDK, or another user's files) the primary must hold the
+    config, serve its vhost sockets, and stay up a moment.
+    """
     config = eal.runtime_config(step.plan.runtime_dir)
     locked = config_locked(config)
-    if locked is not None:
-        return locked
-    # Not readable by us (sudo): fall back to a config written since this launch began.
-    try:
-        return os.stat(config).st_mtime >= step.started - 1
-    except OSError:
+    if locked is None:
+        # Not readable by us (sudo): a config written since this launch began.
+        try:
+            locked = os.stat(config).st_mtime >= step.started - 1
+        except OSError:
+            locked = False
+    if not locked:
         return False
+    if not telemetry.has_socket(step.plan.runtime_dir):
+        return _sockets_exist(step.window.vhost_sockets) and _stays_up(step, since)
+    answer = telemetry.mempools(step.plan.runtime_dir)
+    if answer is None:
+        return _sockets_exist(step.window.vhost_sockets) and _stays_up(step, since)
+    pid, pools = answer
+    pane = step.pane()
+    if pid is not None and pane is not None and pane.pid is not None:
+        ours = {s.pid for s in procfs.descendants(procfs.all_stats(step.proc_root), pane.pid)}
+        if pid not in ours:
+            return False  # a stale socket of an earlier primary
+    return bool(pools)
 
 
 def _secondary_ready(step: _Step) -> bool | None:
@@ -266,10 +294,12 @@ def _ready(step: _Step, timeout: float) -> None:
                 timeout,
             )
     elif w.role is Role.PRIMARY:
+        since = time.monotonic()
         _wait(
             step,
-            f"the primary's DPDK runtime config {eal.runtime_config(plan.runtime_dir)}",
-            lambda: step.main() is not None and _primary_ready(step),
+            f"the primary's DPDK runtime config {eal.runtime_config(plan.runtime_dir)} and "
+            "packet memory",
+            lambda: step.main() is not None and _primary_ready(step, since),
             timeout,
         )
     elif w.role is Role.SECONDARY:
@@ -384,7 +414,12 @@ def status(tmux: Tmux, session: str, proc_root: str = "/proc") -> list[WindowSta
         pane = panes.get(w.name)
         main = None
         if pane is not None and pane.pid is not None and not pane.dead:
-            main = procfs.main_process(stats, pane.pid)
+            # A working window's process is its shell, whatever the user runs in it.
+            main = (
+                stats.get(pane.pid)
+                if w.role is Role.WORKING
+                else procfs.main_process(stats, pane.pid)
+            )
         if pane is None:
             state = "gone"
         elif main is None:

@@ -23,7 +23,7 @@ def render_plan(plan: Plan) -> str:
         elif w.role is Role.PRIMARY:
             lines.append(
                 f"      ready when {eal.runtime_config(plan.runtime_dir)} is held by "
-                "the live primary"
+                "the live primary and its mempool exists"
             )
         elif w.role is Role.SECONDARY:
             lines.append(

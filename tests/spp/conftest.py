@@ -30,10 +30,11 @@ TESTPMD = shutil.which("dpdk-testpmd")
 # ----------------------------------------------------------------------------- sysfs
 
 
-def make_sysfs(root: Path, online: str, cpus: int | None = None) -> Path:
+def make_sysfs(root: Path, online: str, cpus: int | None = None, ht: bool = True) -> Path:
     """A sysfs tree as kcm reads it: ``devices/system/cpu/online`` and each CPU's topology.
 
-    Hyperthreads n and n + cpus/2 share a core, as on the seeds' 16-CPU example host.
+    With ``ht``, hyperthreads n and n + cpus/2 share a core, as on the seeds' 16-CPU example
+    host; without, every CPU is a core of its own (like this 2-CPU test machine).
     """
     cpu_dir = root / "devices/system/cpu"
     cpu_dir.mkdir(parents=True, exist_ok=True)
@@ -43,10 +44,11 @@ def make_sysfs(root: Path, online: str, cpus: int | None = None) -> Path:
         for cpu in range(cpus):
             topo = cpu_dir / f"cpu{cpu}/topology"
             topo.mkdir(parents=True, exist_ok=True)
-            core = cpu % half
+            core = cpu % half if ht else cpu
+            siblings = f"{core},{core + half}" if ht else f"{cpu}"
             (topo / "physical_package_id").write_text("0\n")
             (topo / "core_id").write_text(f"{core}\n")
-            (topo / "thread_siblings_list").write_text(f"{core},{core + half}\n")
+            (topo / "thread_siblings_list").write_text(f"{siblings}\n")
     return root
 
 

@@ -46,7 +46,7 @@ session 'spp' from conf.yml: 6 windows
       {spp}/src/primary/x86_64-native-linuxapp-gcc/spp_primary -l 0-1 -n 4 --socket-mem 1024 \
 --huge-dir /dev/hugepages --file-prefix spp --proc-type=primary \
 --vdev eth_vhost0,iface=/tmp/sock0 -- -p 0x1 -n 8 -s 127.0.0.1:5555
-      ready when /var/run/dpdk/spp/config is held by the live primary
+      ready when /var/run/dpdk/spp/config is held by the live primary and its mempool exists
   [2] sec1        cores: 2-3
       {spp}/src/nfv/x86_64-native-linuxapp-gcc/spp_nfv -l 2-3 -n 4 --huge-dir /dev/hugepages \
 --file-prefix spp --proc-type=secondary -- -n 1 -s 127.0.0.1:6666

@@ -106,7 +106,7 @@ def test_missing_template_is_named_before_anything_starts(tmp_path: Path) -> Non
         f"VM template image {tmp_path}/nothing.qcow2 does not exist; create it (see 'Prepare "
         "the template') or set paths.hda"
     ]
-    with pytest.raises(MissingError, match="its parent .*nothing.qcow2 is missing"):
+    with pytest.raises(MissingError, match=r"its parent .*nothing\.qcow2 is missing"):
         images.ensure(p.images)
     assert not (tmp_path / "img/template-vhost.qcow2").exists()
 

@@ -186,6 +186,13 @@ class _Step:
     def failed(self, why: str) -> LaunchError:
         lines = [f"step '{self.window.name}' failed: {why}"]
         output = self.tmux.capture(self.window_id)
+        # The last bytes a process wrote can reach tmux after its exit does; give them a moment.
+        deadline = time.monotonic() + 1.0
+        while not any(not line.startswith("Pane is dead") for line in output):
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(2 * POLL)
+            output = self.tmux.capture(self.window_id)
         if output:
             lines.append(f"last output of window '{self.window.name}':")
             lines += [f"  | {line}" for line in output]

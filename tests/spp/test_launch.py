@@ -318,7 +318,7 @@ def test_a_dead_primary_fails_its_step_with_its_output(run: Run) -> None:
         "memory"
         for status in (" with status 1", "")
     )
-    assert "  | EAL: Cannot get hugepage information." in err
+    assert "  | EAL: Cannot get hugepage information." in err, result.stderr
     assert err[-1] == (
         "spp-wakeup: error: the session 'spp' is left as it is for a look (tmux attach -t "
         "spp); 'spp-wakeup --down --session spp' stops it"

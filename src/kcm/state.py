@@ -12,6 +12,7 @@ a symlink planted in the state is an error, never followed.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 
@@ -127,8 +128,6 @@ def _read_small(dir_fd: int, name: str, path: str) -> str:
 
 
 def _why(e: OSError) -> str:
-    import errno
-
     if e.errno == errno.ELOOP:
         return "it is a symlink, which kcm refuses inside its state directory"
     if e.errno == errno.ENOTDIR:
@@ -215,16 +214,13 @@ class StateDir:
         path = f"{self.path}/{LOCK}"
         try:
             fd = os.open(LOCK, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._fd)
-        except PermissionError:
-            if not shared:
-                raise StateError(f"cannot open {path} for writing: permission denied") from None
-            fd = os.open(LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._fd)
         except FileNotFoundError:
-            raise StateError(
-                f"{path} is missing: {self.path} is not a kcm state directory"
-            ) from None
+            raise StateError(f"{path} is missing: {self.path} is no kcm state directory") from None
         except OSError as e:
-            raise StateError(f"cannot open {path}: {_why(e)}") from None
+            # Readers (describe, discover) also work on a read-only mount or without write access.
+            if not (shared and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)):
+                raise StateError(f"cannot open {path} for writing: {_why(e)}") from None
+            fd = os.open(LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._fd)
         self._lock_fd = fd
         self._timeout = timeout
         start = time.monotonic()

@@ -70,3 +70,22 @@ def test_fifo_in_place_of_tasks_is_refused_without_hanging(conf: str) -> None:
     with StateDir(conf) as state, pytest.raises(StateError, match="tasks is not a regular file"):
         state.read_pool("infra")
     assert time.monotonic() - started < 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_describe_works_on_a_read_only_mount(conf: str, tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.conftest import run_kcm
+
+    expected = run_kcm("describe", f"--conf-dir={conf}").out
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "--bind", "-o", "ro", conf, str(ro)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True)
+        result = run_kcm("describe", f"--conf-dir={ro}")
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+    assert result.code == 0, result.err
+    assert result.out == expected.replace(conf, str(ro))

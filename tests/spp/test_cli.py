@@ -154,7 +154,7 @@ def test_example_conf_dry_runs_on_the_bundled_16_cpu_sysfs() -> None:
         capture_output=True,
         text=True,
         check=False,
-        env={"PATH": f"{VENV_BIN}:/usr/bin:/bin", "KCM_SYS_FS": "examples/spp/sysfs-16cpu"},
+        env={"PATH": f"{VENV_BIN}:/usr/bin:/bin", "KCM_SYS_FS": "examples/sysfs/seed-16cpu"},
     )
     assert env_result.returncode == 0, env_result.stderr
     assert env_result.stdout.startswith("session 'spp' from examples/spp/conf.yml: 11 windows\n")

@@ -24,25 +24,53 @@ def proc_root(command: str) -> str:
 
 
 class Stat:
-    """The fields kcm uses from ``/proc/<pid>/stat``."""
+    """The fields kcm and the SPP runner use from ``/proc/<pid>/stat``.
 
-    __slots__ = ("pid", "start_time", "state")
+    With the PID, ``start_time`` (clock ticks after boot) names one process for good.
+    """
 
-    def __init__(self, pid: int, state: str, start_time: int) -> None:
+    __slots__ = ("comm", "pid", "ppid", "start_time", "state")
+
+    def __init__(self, pid: int, comm: str, state: str, ppid: int, start_time: int) -> None:
         self.pid = pid
+        self.comm = comm
         self.state = state
+        self.ppid = ppid
         self.start_time = start_time
+
+    def _key(self) -> tuple[int, str, str, int, int]:
+        return (self.pid, self.comm, self.state, self.ppid, self.start_time)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Stat) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"Stat{self._key()!r}"
+
+    @property
+    def alive(self) -> bool:
+        """Whether the process has not exited (a zombie has)."""
+        return self.state not in ("Z", "X", "x")
 
 
 def parse_stat(text: str) -> Stat:
     """Parse ``/proc/<pid>/stat``; the command name may hold spaces and parentheses."""
     head, paren, rest = text.rpartition(")")
-    pid_text = head.partition(" (")[0]
+    pid_text, _, comm = head.partition(" (")
     fields = rest.split()
-    # After the name: state is field 3 of the file, starttime field 22.
-    if not paren or not pid_text.isdigit() or len(fields) < 20 or not fields[19].isdigit():
+    # After the name: state is field 3 of the file, ppid field 4, starttime field 22.
+    if (
+        not paren
+        or not pid_text.isdigit()
+        or len(fields) < 20
+        or not fields[1].isdigit()
+        or not fields[19].isdigit()
+    ):
         raise ParseError(f"not a /proc/<pid>/stat line: {text[:80]!r}")
-    return Stat(int(pid_text), fields[0], int(fields[19]))
+    return Stat(int(pid_text), comm, fields[0], int(fields[1]), int(fields[19]))
 
 
 def read_stat(root: str, pid: int | str) -> Stat | None:
@@ -71,7 +99,7 @@ def self_stat(root: str) -> Stat:
 
 def is_alive(stat: Stat | None) -> bool:
     """Whether a process exists and has not exited (zombies have exited)."""
-    return stat is not None and stat.state not in ("Z", "X", "x")
+    return stat is not None and stat.alive
 
 
 def parse_cpus_allowed_list(status_text: str) -> str | None:

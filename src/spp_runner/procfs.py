@@ -6,46 +6,24 @@ Parsers take a file's text; readers take the root, so tests and containers can p
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from kcm import cpulist
 from kcm.errors import ParseError
+from kcm.procfs import Stat as ProcStat
+from kcm.procfs import parse_cpus_allowed_list, parse_stat
 
-
-@dataclass(frozen=True)
-class ProcStat:
-    """The fields of ``/proc/<pid>/stat`` the runner uses."""
-
-    pid: int
-    comm: str
-    state: str
-    ppid: int
-    start_time: int  # clock ticks after boot: with the PID, names one process for good
-
-    @property
-    def alive(self) -> bool:
-        return self.state not in ("Z", "X", "x")
-
-
-def parse_stat(text: str) -> ProcStat:
-    """Parse a ``/proc/<pid>/stat`` line; the command name may hold spaces and ')'."""
-    head, paren, rest = text.rpartition(")")
-    pid_text, _, comm = head.partition(" (")
-    fields = rest.split()
-    if not paren or not pid_text.strip().isdigit() or len(fields) < 20:
-        raise ValueError(f"not a /proc/<pid>/stat line: {text[:80]!r}")
-    return ProcStat(int(pid_text), comm, fields[0], int(fields[1]), int(fields[19]))
+__all__ = ["ProcStat", "parse_stat"]
 
 
 def parse_cpus_allowed(status_text: str) -> frozenset[int] | None:
-    """The ``Cpus_allowed_list`` of a ``/proc/<pid>/status`` text."""
-    for line in status_text.splitlines():
-        if line.startswith("Cpus_allowed_list:"):
-            try:
-                return cpulist.parse(line.partition(":")[2])
-            except ParseError:
-                return None
-    return None
+    """The ``Cpus_allowed_list`` of a ``/proc/<pid>/status`` text, as CPUs."""
+    text = parse_cpus_allowed_list(status_text)
+    if text is None:
+        return None
+    try:
+        return cpulist.parse(text)
+    except ParseError:
+        return None
 
 
 def read_stat(root: str, pid: int) -> ProcStat | None:

@@ -127,6 +127,14 @@ def _read_small(dir_fd: int, name: str, path: str) -> str:
         raise StateError(f"{path} holds non-ASCII bytes") from None
 
 
+def _read_tasks(dir_fd: int, name: str, path: str) -> list[int]:
+    """The PIDs of the tasks file ``name`` under ``dir_fd``; ``path`` names it in errors."""
+    try:
+        return parse_tasks(_read_small(dir_fd, name, path))
+    except ParseError as e:
+        raise StateError(f"{path}: invalid tasks file: {e}") from None
+
+
 def _why(e: OSError) -> str:
     if e.errno == errno.ELOOP:
         return "it is a symlink, which kcm refuses inside its state directory"
@@ -328,10 +336,7 @@ class StateDir:
             tasks_path = f"{list_path}/{TASKS}"
             # The directory was seen as a real directory (not a symlink) just above; the
             # final component is opened with O_NOFOLLOW.
-            try:
-                tasks = parse_tasks(_read_small(pool_fd, f"{entry.name}/{TASKS}", tasks_path))
-            except ParseError as e:
-                raise StateError(f"{tasks_path}: invalid tasks file: {e}") from None
+            tasks = _read_tasks(pool_fd, f"{entry.name}/{TASKS}", tasks_path)
             cpu_lists[entry.name] = CpuList(entry.name, tasks)
         return Pool(name, exclusive, cpu_lists)
 
@@ -365,14 +370,7 @@ class StateDir:
         self.check_lock_held()
         fd = self._list_fd(pool, cpu_list)
         try:
-            atomic_write(fd, TASKS, format_tasks(tasks), sync_dir=not dropped)
-            for pid in dropped:
-                try:
-                    os.unlink(f"{OWNER_PREFIX}{pid}", dir_fd=fd)
-                except FileNotFoundError:
-                    pass
-            if dropped:
-                _fsync_dir(fd)
+            _write_tasks_at(fd, tasks, dropped)
         finally:
             os.close(fd)
 
@@ -381,19 +379,10 @@ class StateDir:
         self.check_lock_held()
         fd = self._list_fd(pool, cpu_list)
         try:
-            path = f"{self.path}/{POOLS}/{pool}/{cpu_list}/{TASKS}"
-            try:
-                tasks = parse_tasks(_read_small(fd, TASKS, path))
-            except ParseError as e:
-                raise StateError(f"{path}: invalid tasks file: {e}") from None
+            tasks = _read_tasks(fd, TASKS, f"{self.path}/{POOLS}/{pool}/{cpu_list}/{TASKS}")
             if pid not in tasks:
                 return False
-            atomic_write(fd, TASKS, format_tasks([t for t in tasks if t != pid]), sync_dir=False)
-            try:
-                os.unlink(f"{OWNER_PREFIX}{pid}", dir_fd=fd)
-            except FileNotFoundError:
-                pass
-            _fsync_dir(fd)
+            _write_tasks_at(fd, [t for t in tasks if t != pid], [pid])
             return True
         finally:
             os.close(fd)
@@ -427,6 +416,17 @@ class StateDir:
             _fsync_dir(fd)
         finally:
             os.close(fd)
+
+
+def _write_tasks_at(list_fd: int, tasks: list[int], dropped: list[int]) -> None:
+    """Replace a list's tasks, then unlink the owner records of ``dropped``; one dir fsync."""
+    atomic_write(list_fd, TASKS, format_tasks(tasks), sync_dir=False)
+    for pid in dropped:
+        try:
+            os.unlink(f"{OWNER_PREFIX}{pid}", dir_fd=list_fd)
+        except FileNotFoundError:
+            pass
+    _fsync_dir(list_fd)
 
 
 def parse_owner(text: str) -> int | None:
@@ -475,11 +475,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _stale_init_leftover(name: str) -> bool:
-    """A build directory of an ``init`` that was killed (its PID is gone)."""
-    if not name.startswith(INIT_TMP_PREFIX):
+def _stale_init_leftover(name: str, prefix: str = INIT_TMP_PREFIX) -> bool:
+    """A build directory ``<prefix><pid>`` of an ``init`` that was killed (its PID is gone)."""
+    if not name.startswith(prefix):
         return False
-    pid = name[len(INIT_TMP_PREFIX) :].partition("-")[0]
+    pid = name[len(prefix) :].partition("-")[0]
     return pid.isdigit() and not _pid_alive(int(pid))
 
 
@@ -525,10 +525,8 @@ def _create_beside(path: str, pools: dict[str, Pool]) -> None:
     parent, base = os.path.split(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     for name in os.listdir(parent):
-        if name.startswith(f".{base}{INIT_TMP_PREFIX}"):
-            pid = name[len(base) + 1 + len(INIT_TMP_PREFIX) :].partition("-")[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
-                _remove_tree(os.path.join(parent, name))
+        if _stale_init_leftover(name, f".{base}{INIT_TMP_PREFIX}"):
+            _remove_tree(os.path.join(parent, name))
     tmp = os.path.join(parent, f".{base}{INIT_TMP_PREFIX}{os.getpid()}")
     os.mkdir(tmp, 0o755)
     try:

@@ -1,0 +1,1 @@
+"""Stress, crash, PID-reuse, fuzz and isolation harnesses for kcm (see RELIABILITY.md)."""

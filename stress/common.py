@@ -1,0 +1,190 @@
+"""What every stress script shares: the kcm command, state building, raw scans, figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TextIO, TypeVar
+
+from kcm import state
+from kcm.errors import ParseError
+from kcm.model import CpuList, Pool
+
+BIN = os.path.dirname(sys.executable)
+KCM = os.path.join(BIN, "kcm")
+
+
+def kcm_env(**extra: str) -> dict[str, str]:
+    """The caller's environment without any KCM_/CMK_ setting, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KCM_", "CMK_"))}
+    env.update(extra)
+    return env
+
+
+def online_cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
+
+
+def make_state(path: str, pools: Mapping[str, tuple[bool, list[str]]]) -> str:
+    """Create a state directory through kcm's own writer: ``{pool: (exclusive, [cpu lists])}``."""
+    state.create(
+        path,
+        {
+            name: Pool(name, exclusive, {cl: CpuList(cl) for cl in lists})
+            for name, (exclusive, lists) in pools.items()
+        },
+    )
+    return path
+
+
+def spread_lists(count: int, first_fake: int) -> list[str]:
+    """``count`` distinct CPU list names over this machine's CPUs.
+
+    A 2-CPU machine has only three distinct lists, so each name pairs one online CPU with a CPU
+    number the machine lacks (``0,2``, ``1,3``, ...). The kernel ignores CPUs beyond the
+    possible ones, so a task on ``0,2`` really runs pinned to CPU 0, and kcm still books each
+    name as one list.
+    """
+    cpus = online_cpus()
+    return [f"{cpus[i % len(cpus)]},{first_fake + i}" for i in range(count)]
+
+
+def pinned_part(cpu_list: str) -> set[int]:
+    """The CPUs a task booked on ``cpu_list`` can actually be pinned to on this machine."""
+    from kcm import cpulist
+
+    return set(cpulist.parse(cpu_list)) & set(online_cpus())
+
+
+@dataclass
+class Scan:
+    """One raw read of a state directory, without the lock, as a crash or race would see it."""
+
+    tasks: dict[str, list[int]] = field(default_factory=dict)  # "pool/list" -> PIDs
+    exclusive: dict[str, bool] = field(default_factory=dict)
+    torn: list[str] = field(default_factory=list)  # files that did not parse, with why
+    hidden: list[str] = field(default_factory=list)  # .owner-/.tmp- entries
+
+
+def scan(conf_dir: str) -> Scan:
+    """Parse every file of the state with kcm's parsers, reading around the lock on purpose.
+
+    Temp files (``.tmp-...``) are writes in flight and no part of the state: they are counted,
+    not parsed. Every other file must parse at every instant.
+    """
+    found = Scan()
+    pools_dir = os.path.join(conf_dir, state.POOLS)
+    if not os.path.isfile(os.path.join(conf_dir, state.LOCK)):
+        found.torn.append(f"{conf_dir}/lock is missing")
+    for pool in sorted(os.listdir(pools_dir)):
+        pool_dir = os.path.join(pools_dir, pool)
+        if pool.startswith("."):
+            found.hidden.append(f"{pool}")
+            continue
+        _parse_file(found, f"{pool_dir}/exclusive", state.parse_exclusive, pool, found.exclusive)
+        for entry in sorted(os.listdir(pool_dir)):
+            path = os.path.join(pool_dir, entry)
+            if entry == state.EXCLUSIVE:
+                continue
+            if entry.startswith("."):
+                found.hidden.append(f"{pool}/{entry}")
+                continue
+            key = f"{pool}/{entry}"
+            _parse_file(found, f"{path}/tasks", state.parse_tasks, key, found.tasks)
+            for name in os.listdir(path):
+                if name.startswith(state.OWNER_PREFIX):
+                    found.hidden.append(f"{key}/{name}")
+                    try:
+                        text = _read(f"{path}/{name}")
+                    except FileNotFoundError:
+                        continue  # removed by reconcile between listing and reading
+                    if state.parse_owner(text) is None:
+                        found.torn.append(f"{path}/{name}: {text!r} is no start time")
+                elif name.startswith(state.TMP_PREFIX):
+                    found.hidden.append(f"{key}/{name}")
+    return found
+
+
+def _read(path: str) -> str:
+    with open(path, "rb") as f:
+        return f.read().decode("ascii", "replace")
+
+
+T = TypeVar("T")
+
+
+def _parse_file(
+    found: Scan, path: str, parse: Callable[[str], T], key: str, into: dict[str, T]
+) -> None:
+    try:
+        into[key] = parse(_read(path))
+    except (OSError, ParseError) as e:
+        found.torn.append(f"{path}: {e}")
+
+
+def stderr_problem(text: str, allowed: tuple[str, ...]) -> str | None:
+    """Why ``text`` (a kcm stderr) is not one clean error line starting with ``allowed``."""
+    if "Traceback" in text:
+        return "traceback: " + text.strip().splitlines()[-1]
+    lines = text.strip().splitlines()
+    if len(lines) != 1:
+        return f"{len(lines)} stderr lines: {text.strip()[:200]!r}"
+    if not lines[0].startswith(allowed):
+        return f"unexpected error: {lines[0]!r}"
+    return None
+
+
+def run(
+    argv: list[str], env: Mapping[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout
+    )
+
+
+class Report:
+    """Figures of one script run: printed as aligned lines and as one JSON line at the end."""
+
+    def __init__(self, script: str, **scale: object) -> None:
+        self.script = script
+        self.started = time.monotonic()
+        self.figures: dict[str, object] = {"script": script, **scale}
+        self.failures: list[str] = []
+
+    def __setitem__(self, key: str, value: object) -> None:
+        self.figures[key] = value
+
+    def __getitem__(self, key: str) -> object:
+        return self.figures[key]
+
+    def count(self, key: str, n: int = 1) -> None:
+        """Add ``n`` to the counter ``key`` (created at 0)."""
+        value = self.figures.get(key, 0)
+        self.figures[key] = (value if isinstance(value, int) else 0) + n
+
+    def fail(self, what: str) -> None:
+        self.failures.append(what)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def finish(self, out: TextIO | None = None) -> dict[str, object]:
+        self.figures["seconds"] = round(time.monotonic() - self.started, 1)
+        self.figures["date"] = time.strftime("%Y-%m-%d")
+        self.figures["failures"] = len(self.failures)
+        stream = sys.stdout if out is None else out
+        width = max(len(k) for k in self.figures)
+        for key, value in self.figures.items():
+            print(f"{key:<{width}}  {value}", file=stream)
+        for what in self.failures[:20]:
+            print(f"FAILED: {what}", file=stream)
+        if len(self.failures) > 20:
+            print(f"... and {len(self.failures) - 20} more", file=stream)
+        print(json.dumps(self.figures), file=stream)
+        return self.figures

@@ -57,6 +57,9 @@ Environment:
   KCM_PROC_FS           procfs to consult for PIDs; required by isolate and reconcile.
   KCM_SYS_FS            sysfs to read the CPU topology from [default: /sys].
   KCM_LOCK_TIMEOUT      seconds to wait for, and at most hold, the state lock [default: 30].
+  KCM_ALLOW_SHARED_STATE=1
+                        trust a state directory that group or others may write, or
+                        (for isolate, reconcile, init) that another user owns.
   KCM_DEBUG=1           show a traceback on errors.
   NODE_NAME             discover: the node to advertise (in a pod: from spec.nodeName).
   KUBECONFIG            discover outside a pod: kubeconfig file(s) [default: ~/.kube/config].

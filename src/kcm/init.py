@@ -16,7 +16,8 @@ def init(conf_dir: str, num_dp_cores: int, num_cp_cores: int, *, keep_existing: 
     every pod start): live allocations survive. Anything else non-empty is still refused.
     """
     if keep_existing and state.is_initialized(conf_dir):
-        with state.StateDir(conf_dir) as existing:
+        # A writer's checks under a reader's lock: the state kept is the one isolate will use.
+        with state.StateDir(conf_dir, writer=True) as existing:
             existing.lock(state.lock_timeout(), shared=True)
             pools = existing.read_pools()  # strict: a corrupt state is an error, not "kept"
         missing = {allocate.DATAPLANE, allocate.CONTROLPLANE, allocate.INFRA} - set(pools)

@@ -7,7 +7,9 @@ recorded, so ``reconcile`` can tell that PID from an unrelated process that reus
 ``.tmp-<pid>-...`` files are writes in flight (or left by a killed writer, removed by reconcile).
 
 Everything inside the directory is opened relative to directory descriptors with O_NOFOLLOW:
-a symlink planted in the state is an error, never followed.
+a symlink planted in the state is an error, never followed. Everything opened is also fstat'ed
+and vetted (see ``Trust``): nothing in the state may be writable by anyone but its owner, and a
+writer requires root or itself as that owner. SECURITY.md says what each defence covers.
 """
 
 from __future__ import annotations
@@ -33,6 +35,15 @@ TMP_PREFIX = ".tmp-"
 # A tasks file holds PIDs; a few hundred KiB is already thousands of tasks on one list.
 MAX_FILE_SIZE = 1 << 20
 DEFAULT_LOCK_TIMEOUT = 30.0
+ALLOW_SHARED_STATE = "KCM_ALLOW_SHARED_STATE"
+
+# st_mode bits; numeric so that the hot path need not import ``stat``.
+_S_IFMT = 0o170000
+_S_IFDIR = 0o040000
+_S_IFREG = 0o100000
+_S_IFLNK = 0o120000
+_WRITABLE_BY_OTHERS = 0o022
+_WRITABLE_BY = {0o020: "group", 0o002: "world", 0o022: "group- and world"}
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -69,6 +80,50 @@ def validate_pool_name(name: str) -> str:
     return name
 
 
+class Trust:
+    """Whom kcm lets have written what it opens in the state; applied to each entry's stat.
+
+    By default no directory or file may be writable by group or others: whoever can write the
+    state decides where tasks run and which ones reconcile drops. A writer (isolate, reconcile,
+    init) also requires each entry to be owned by root or by itself, since the owner can always
+    make an entry writable. A reader (describe, discover) accepts any owner: it reports a state
+    it was pointed at, also through a read-only or id-mapped mount where owners look foreign.
+    ``KCM_ALLOW_SHARED_STATE=1`` turns both checks off for a state shared on purpose.
+    """
+
+    __slots__ = ("check_mode", "owners")
+
+    def __init__(self, *, writer: bool) -> None:
+        shared = os.environ.get(ALLOW_SHARED_STATE) == "1"
+        self.check_mode = not shared
+        self.owners = (0, os.geteuid()) if writer and not shared else None
+
+    def vet(self, st: os.stat_result, path: str, kind: int) -> None:
+        """Refuse ``st`` unless it is of ``kind`` (_S_IFDIR or _S_IFREG) and trusted."""
+        mode = st.st_mode
+        if mode & _S_IFMT != kind:
+            if mode & _S_IFMT == _S_IFLNK:
+                raise StateError(f"{path} is a symlink, which kcm refuses inside its state")
+            what = "directory" if kind == _S_IFDIR else "regular file"
+            raise StateError(f"{path} is not a {what}")
+        if self.check_mode and mode & _WRITABLE_BY_OTHERS:
+            who = _WRITABLE_BY[mode & _WRITABLE_BY_OTHERS]
+            raise StateError(
+                f"{path} is {who}-writable (mode {mode & 0o7777:04o}): whoever can write kcm's"
+                f" state steers it; run chmod go-w {path}, or set {ALLOW_SHARED_STATE}=1 to"
+                " trust a shared state"
+            )
+        if self.owners is not None and st.st_uid not in self.owners:
+            euid = self.owners[1]
+            owner = "root" if euid == 0 else f"root or you (uid {euid})"
+            fix = "root" if euid == 0 else str(euid)
+            raise StateError(
+                f"{path} is owned by uid {st.st_uid}, not by {owner}: its owner steers kcm"
+                f" through it; run chown {fix} {path}, or set {ALLOW_SHARED_STATE}=1 to trust"
+                " a shared state"
+            )
+
+
 def parse_tasks(text: str) -> list[int]:
     """The PIDs of a tasks file: ``1000,1001``; whitespace and a trailing newline are allowed."""
     text = text.strip()
@@ -98,11 +153,11 @@ def _fsync_dir(fd: int) -> None:
     os.fsync(fd)
 
 
-def _read_small(dir_fd: int, name: str, path: str) -> str:
-    """A small file's text, refusing symlinks, other file types and oversized files.
+def _read_small(dir_fd: int, name: str, path: str, trust: Trust) -> str:
+    """A small file's text, refusing symlinks, other file types, untrusted and oversized files.
 
-    Three system calls (open, read, close) for a file with content: describe reads hundreds
-    of these. O_NONBLOCK keeps a planted FIFO from hanging the read.
+    Four system calls (open, fstat, read, close): describe reads hundreds of these.
+    O_NONBLOCK keeps a planted FIFO from hanging the open; the fstat refuses it before a read.
     """
     try:
         fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
@@ -111,15 +166,16 @@ def _read_small(dir_fd: int, name: str, path: str) -> str:
     except OSError as e:
         raise StateError(f"cannot read {path}: {_why(e)}") from None
     try:
+        st = os.fstat(fd)
+        trust.vet(st, path, _S_IFREG)
+        if st.st_size > MAX_FILE_SIZE:  # refused unread, even a sparse file of any size
+            raise StateError(f"{path} is over the {MAX_FILE_SIZE} byte limit")
         data = os.read(fd, MAX_FILE_SIZE + 1)
-        # Nothing read: an empty file, or a FIFO or device planted in its place.
-        if not data and (os.fstat(fd).st_mode & 0o170000) != 0o100000:
-            raise StateError(f"{path} is not a regular file")
     except OSError as e:
         raise StateError(f"cannot read {path}: {_why(e)}") from None
     finally:
         os.close(fd)
-    if len(data) > MAX_FILE_SIZE:
+    if len(data) > MAX_FILE_SIZE:  # it grew after the fstat
         raise StateError(f"{path} is over the {MAX_FILE_SIZE} byte limit")
     try:
         return data.decode("ascii")
@@ -127,10 +183,10 @@ def _read_small(dir_fd: int, name: str, path: str) -> str:
         raise StateError(f"{path} holds non-ASCII bytes") from None
 
 
-def _read_tasks(dir_fd: int, name: str, path: str) -> list[int]:
+def _read_tasks(dir_fd: int, name: str, path: str, trust: Trust) -> list[int]:
     """The PIDs of the tasks file ``name`` under ``dir_fd``; ``path`` names it in errors."""
     try:
-        return parse_tasks(_read_small(dir_fd, name, path))
+        return parse_tasks(_read_small(dir_fd, name, path, trust))
     except ParseError as e:
         raise StateError(f"{path}: invalid tasks file: {e}") from None
 
@@ -143,13 +199,25 @@ def _why(e: OSError) -> str:
     return e.strerror or str(e)
 
 
-def _open_dir(name: str, path: str, dir_fd: int | None = None) -> int:
+def _open_dir(name: str, path: str, dir_fd: int, trust: Trust) -> int:
+    """A descriptor of the directory ``name`` in ``dir_fd``, never through a symlink, vetted."""
     try:
-        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
         raise StateError(f"{path} does not exist") from None
     except OSError as e:
         raise StateError(f"cannot open {path}: {_why(e)}") from None
+    return _vetted(fd, path, _S_IFDIR, trust)
+
+
+def _vetted(fd: int, path: str, kind: int, trust: Trust) -> int:
+    """``fd`` once its stat passes ``trust``; closed if it does not."""
+    try:
+        trust.vet(os.fstat(fd), path, kind)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def atomic_write(
@@ -182,10 +250,16 @@ def atomic_write(
 
 
 class StateDir:
-    """An existing state directory. Open it, take the lock, read pools, write tasks."""
+    """An existing state directory. Open it, take the lock, read pools, write tasks.
 
-    def __init__(self, path: str) -> None:
+    ``writer`` applies a writer's checks (see ``Trust``) from the start; an exclusive
+    ``lock`` turns them on in any case.
+    """
+
+    def __init__(self, path: str, *, writer: bool = False) -> None:
         self.path = path
+        self._trust = Trust(writer=writer)
+        self._writer = writer
         self._fd = -1
         self._lock_fd = -1
         self._deadline = 0.0
@@ -195,13 +269,15 @@ class StateDir:
 
     def __enter__(self) -> StateDir:
         try:
-            self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            # The path itself is the operator's and may be a symlink; what lies inside is not.
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise StateError(
                 f"{self.path} does not exist: create it with kcm init --conf-dir={self.path}"
             ) from None
         except OSError as e:
             raise StateError(f"cannot open state directory {self.path}: {_why(e)}") from None
+        self._fd = _vetted(fd, self.path, _S_IFDIR, self._trust)
         return self
 
     def __exit__(
@@ -220,16 +296,25 @@ class StateDir:
         import fcntl
 
         path = f"{self.path}/{LOCK}"
+        if not shared and not self._writer:
+            self._writer = True
+            self._trust = Trust(writer=True)
+            self._trust.vet(os.fstat(self._fd), self.path, _S_IFDIR)
+        # O_NONBLOCK: a FIFO planted as the lock must not hang the open (the fstat refuses it).
+        flags = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
-            fd = os.open(LOCK, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._fd)
+            fd = os.open(LOCK, os.O_RDWR | flags, dir_fd=self._fd)
         except FileNotFoundError:
             raise StateError(f"{path} is missing: {self.path} is no kcm state directory") from None
         except OSError as e:
             # Readers (describe, discover) also work on a read-only mount or without write access.
             if not (shared and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)):
                 raise StateError(f"cannot open {path} for writing: {_why(e)}") from None
-            fd = os.open(LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._fd)
-        self._lock_fd = fd
+            try:
+                fd = os.open(LOCK, os.O_RDONLY | flags, dir_fd=self._fd)
+            except OSError as e:
+                raise StateError(f"cannot open {path}: {_why(e)}") from None
+        self._lock_fd = _vetted(fd, path, _S_IFREG, self._trust)
         self._timeout = timeout
         start = time.monotonic()
         deadline = start + timeout
@@ -269,7 +354,7 @@ class StateDir:
     # -- reading ----------------------------------------------------------------------
 
     def _pools_fd(self) -> int:
-        return _open_dir(POOLS, f"{self.path}/{POOLS}", self._fd)
+        return _open_dir(POOLS, f"{self.path}/{POOLS}", self._fd, self._trust)
 
     def pool_names(self) -> list[str]:
         fd = self._pools_fd()
@@ -280,8 +365,9 @@ class StateDir:
                     if entry.name.startswith("."):
                         continue
                     if not entry.is_dir(follow_symlinks=False):
+                        why = ": it is a symlink" if entry.is_symlink() else ""
                         raise StateError(
-                            f"{self.path}/{POOLS}/{entry.name} is not a pool directory"
+                            f"{self.path}/{POOLS}/{entry.name} is not a pool directory{why}"
                         )
                     names.append(entry.name)
             return sorted(names)
@@ -308,15 +394,17 @@ class StateDir:
                 raise StateError(f"cannot open {pool_path}: {_why(e)}") from None
         finally:
             os.close(pools_fd)
+        _vetted(pool_fd, pool_path, _S_IFDIR, self._trust)
         try:
             return self._read_pool_at(pool_fd, name, pool_path)
         finally:
             os.close(pool_fd)
 
     def _read_pool_at(self, pool_fd: int, name: str, pool_path: str) -> Pool:
+        trust = self._trust
         excl_path = f"{pool_path}/{EXCLUSIVE}"
         try:
-            exclusive = parse_exclusive(_read_small(pool_fd, EXCLUSIVE, excl_path))
+            exclusive = parse_exclusive(_read_small(pool_fd, EXCLUSIVE, excl_path, trust))
         except ParseError as e:
             raise StateError(f"{excl_path}: {e}") from None
         cpu_lists: dict[str, CpuList] = {}
@@ -326,6 +414,8 @@ class StateDir:
             if entry.name == EXCLUSIVE or entry.name.startswith("."):
                 continue
             list_path = f"{pool_path}/{entry.name}"
+            if entry.is_symlink():
+                raise StateError(f"{list_path} is a symlink, which kcm refuses inside its state")
             if not entry.is_dir(follow_symlinks=False):
                 raise StateError(f"{list_path} is neither a CPU list directory nor 'exclusive'")
             try:
@@ -333,10 +423,12 @@ class StateDir:
                     raise ParseError("it names no CPUs")
             except ParseError as e:
                 raise StateError(f"{list_path}: not a CPU list directory name: {e}") from None
+            if trust.check_mode or trust.owners is not None:
+                trust.vet(entry.stat(follow_symlinks=False), list_path, _S_IFDIR)
             tasks_path = f"{list_path}/{TASKS}"
-            # The directory was seen as a real directory (not a symlink) just above; the
-            # final component is opened with O_NOFOLLOW.
-            tasks = _read_tasks(pool_fd, f"{entry.name}/{TASKS}", tasks_path)
+            # The directory was seen as a real directory (not a symlink) just above, and the
+            # pool directory, vetted, lets nobody else swap it; the file gets O_NOFOLLOW.
+            tasks = _read_tasks(pool_fd, f"{entry.name}/{TASKS}", tasks_path, trust)
             cpu_lists[entry.name] = CpuList(entry.name, tasks)
         return Pool(name, exclusive, cpu_lists)
 
@@ -345,11 +437,12 @@ class StateDir:
     def _list_fd(self, pool: str, cpu_list: str) -> int:
         pools_fd = self._pools_fd()
         try:
-            pool_fd = _open_dir(pool, f"{self.path}/{POOLS}/{pool}", pools_fd)
+            pool_fd = _open_dir(pool, f"{self.path}/{POOLS}/{pool}", pools_fd, self._trust)
         finally:
             os.close(pools_fd)
         try:
-            return _open_dir(cpu_list, f"{self.path}/{POOLS}/{pool}/{cpu_list}", pool_fd)
+            path = f"{self.path}/{POOLS}/{pool}/{cpu_list}"
+            return _open_dir(cpu_list, path, pool_fd, self._trust)
         finally:
             os.close(pool_fd)
 
@@ -379,7 +472,8 @@ class StateDir:
         self.check_lock_held()
         fd = self._list_fd(pool, cpu_list)
         try:
-            tasks = _read_tasks(fd, TASKS, f"{self.path}/{POOLS}/{pool}/{cpu_list}/{TASKS}")
+            path = f"{self.path}/{POOLS}/{pool}/{cpu_list}/{TASKS}"
+            tasks = _read_tasks(fd, TASKS, path, self._trust)
             if pid not in tasks:
                 return False
             _write_tasks_at(fd, [t for t in tasks if t != pid], [pid])
@@ -395,7 +489,7 @@ class StateDir:
             for name in os.listdir(fd):
                 if name.startswith(OWNER_PREFIX):
                     path = f"{self.path}/{POOLS}/{pool}/{cpu_list}/{name}"
-                    found[name] = _read_small(fd, name, path)
+                    found[name] = _read_small(fd, name, path, self._trust)
                 elif name.startswith(TMP_PREFIX):
                     found[name] = ""
             return found
@@ -440,19 +534,32 @@ def parse_owner(text: str) -> int | None:
 INIT_TMP_PREFIX = ".kcm-init-"
 
 
+DIR_MODE = 0o755
+FILE_MODE = 0o644
+
+
+def _make_dir(name: str, dir_fd: int | None = None) -> int:
+    """Create the directory ``name`` with exactly DIR_MODE, whatever the umask; its fd."""
+    os.mkdir(name, DIR_MODE, dir_fd=dir_fd)
+    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    try:
+        os.fchmod(fd, DIR_MODE)  # the umask may have narrowed it (or, at 000, nothing to fix)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _write_tree(root_fd: int, pools: dict[str, Pool]) -> None:
     """Write ``pools/...`` under ``root_fd`` with every file and directory fsynced."""
-    os.mkdir(POOLS, 0o755, dir_fd=root_fd)
-    pools_fd = os.open(POOLS, _DIR_FLAGS, dir_fd=root_fd)
+    pools_fd = _make_dir(POOLS, root_fd)
     try:
         for pool in pools.values():
-            os.mkdir(pool.name, 0o755, dir_fd=pools_fd)
-            pool_fd = os.open(pool.name, _DIR_FLAGS, dir_fd=pools_fd)
+            pool_fd = _make_dir(pool.name, pools_fd)
             try:
                 atomic_write(pool_fd, EXCLUSIVE, "1" if pool.exclusive else "0", sync_dir=False)
                 for cl in pool.cpu_lists.values():
-                    os.mkdir(cl.cpus, 0o755, dir_fd=pool_fd)
-                    list_fd = os.open(cl.cpus, _DIR_FLAGS, dir_fd=pool_fd)
+                    list_fd = _make_dir(cl.cpus, pool_fd)
                     try:
                         atomic_write(list_fd, TASKS, format_tasks(cl.tasks))
                     finally:
@@ -506,6 +613,7 @@ def create(path: str, pools: dict[str, Pool]) -> None:
     if os.path.lexists(path):
         if not os.path.isdir(path):
             raise StateError(f"{path} exists and is not a directory")
+        _vet_existing(path)
         for name in os.listdir(path):
             if _stale_init_leftover(name):
                 _remove_tree(os.path.join(path, name))
@@ -521,16 +629,41 @@ def create(path: str, pools: dict[str, Pool]) -> None:
         _create_beside(path, pools)
 
 
+def _vet_existing(path: str) -> None:
+    """Refuse to build state in a directory (or beside a lock) that others could write."""
+    trust = Trust(writer=True)
+    lock = f"{path}/{LOCK}"
+    try:
+        trust.vet(os.stat(path), path, _S_IFDIR)
+        lock_stat = os.lstat(lock)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise StateError(f"cannot inspect {path}: {_why(e)}") from None
+    trust.vet(lock_stat, lock, _S_IFREG)  # an empty lock a killed init left is kept
+
+
+def _make_parents(parent: str) -> None:
+    """Create the missing directories above the state, never writable by group or others."""
+    if os.path.isdir(parent):
+        return
+    umask = os.umask(_WRITABLE_BY_OTHERS)
+    try:
+        os.umask(umask | _WRITABLE_BY_OTHERS)
+        os.makedirs(parent, exist_ok=True)
+    finally:
+        os.umask(umask)
+
+
 def _create_beside(path: str, pools: dict[str, Pool]) -> None:
     parent, base = os.path.split(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
+    _make_parents(parent)
     for name in os.listdir(parent):
         if _stale_init_leftover(name, f".{base}{INIT_TMP_PREFIX}"):
             _remove_tree(os.path.join(parent, name))
     tmp = os.path.join(parent, f".{base}{INIT_TMP_PREFIX}{os.getpid()}")
-    os.mkdir(tmp, 0o755)
+    fd = _make_dir(tmp)
     try:
-        fd = os.open(tmp, _DIR_FLAGS)
         try:
             atomic_write(fd, LOCK, "", sync_dir=False)
             _write_tree(fd, pools)
@@ -554,9 +687,8 @@ def _create_inside(path: str, pools: dict[str, Pool]) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     tmp = f"{INIT_TMP_PREFIX}{os.getpid()}"
     try:
-        os.mkdir(tmp, 0o755, dir_fd=fd)
+        tmp_fd = _make_dir(tmp, fd)
         try:
-            tmp_fd = os.open(tmp, _DIR_FLAGS, dir_fd=fd)
             try:
                 _write_tree(tmp_fd, pools)
             finally:

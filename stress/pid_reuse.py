@@ -62,6 +62,20 @@ def spawn_as(pid: int, argv: list[str], env: dict[str, str]) -> subprocess.Popen
     return None
 
 
+def become_subreaper() -> None:
+    """Adopt our orphaned descendants, so a killed isolate's command is reaped at once.
+
+    Left to PID 1, a container's init may take seconds to reap it, and until then the PID
+    cannot be handed out again.
+    """
+    import ctypes
+
+    pr_set_child_subreaper = 36
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
 class _Refused(Exception):
     pass
 
@@ -90,7 +104,7 @@ def trial(conf: str, env: dict[str, str], n: int, report: Report) -> None:
     holder.kill()  # kill -9 of kcm: its PID stays listed, with its owner record
     holder.wait()
     os.kill(command, signal.SIGKILL)
-    wait_for(lambda: not os.path.exists(f"/proc/{command}"))
+    os.waitpid(command, 0)  # an orphan reparented to us (the subreaper): its PID is free now
     target = holder.pid
     as_isolate = n % 2 == 1
     if as_isolate:
@@ -146,6 +160,7 @@ def stress(workdir: str, trials: int, time_limit: float) -> Report:
     conf = make_state(
         os.path.join(workdir, "kcm"), {"dataplane": (True, ["1"]), "infra": (False, ["0"])}
     )
+    become_subreaper()
     env = kcm_env(KCM_PROC_FS="/proc")
     for key in ("reuses_arranged", "lists_freed", "lists_not_freed", "impostors_harmed"):
         report.count(key, 0)

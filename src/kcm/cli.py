@@ -56,7 +56,8 @@ Options:
 Environment:
   KCM_PROC_FS           procfs to consult for PIDs; required by isolate and reconcile.
   KCM_SYS_FS            sysfs to read the CPU topology from [default: /sys].
-  KCM_LOCK_TIMEOUT      seconds to wait for, and at most hold, the state lock [default: 30].
+  KCM_LOCK_TIMEOUT      seconds to wait for, and at most hold, the state lock [default: 30];
+                        isolate waits 10 times as long to release its CPU list.
   KCM_ALLOW_SHARED_STATE=1
                         trust a state directory that group or others may write, or
                         (for isolate, reconcile, init) that another user owns.

@@ -10,7 +10,7 @@ import os
 
 from kcm import cpulist, procfs
 from kcm.allocate import choose_cpu_list
-from kcm.errors import EnvironmentProblem, PoolExhaustedError
+from kcm.errors import EnvironmentProblem, LockTimeoutError, PoolExhaustedError
 from kcm.state import StateDir, lock_timeout, validate_pool_name
 
 TYPE_CHECKING = False  # typing costs ms at start-up; mypy treats this name as True
@@ -56,10 +56,21 @@ def book(conf_dir: str, pool_name: str, pid: int, start_time: int) -> str:
         return chosen.cpus
 
 
+# Giving up a booking refuses one command cleanly, but giving up a release leaves the list
+# booked by a dead PID until the next reconcile: a release waits this many times longer.
+RELEASE_PATIENCE = 10
+
+
 def release(conf_dir: str, pool_name: str, cpu_list: str, pid: int) -> None:
-    with StateDir(conf_dir) as state:
-        state.lock(lock_timeout())
-        state.remove_task(pool_name, cpu_list, pid)
+    try:
+        with StateDir(conf_dir) as state:
+            state.lock(RELEASE_PATIENCE * lock_timeout())
+            state.remove_task(pool_name, cpu_list, pid)
+    except LockTimeoutError as e:
+        raise LockTimeoutError(
+            f"{e}; CPU list {cpu_list} of pool {pool_name!r} stays booked by the exited"
+            f" PID {pid} until kcm reconcile runs"
+        ) from None
 
 
 class _Forwarder:

@@ -249,6 +249,61 @@ def atomic_write(
         _fsync_dir(dir_fd)
 
 
+class _LockWaitOver(Exception):
+    pass
+
+
+def _alarm(signum: int, frame: object) -> None:
+    raise _LockWaitOver
+
+
+def _wait_for_lock(fd: int, op: int, timeout: float) -> bool:
+    """Block in flock(2) for at most ``timeout`` seconds; whether the lock was taken.
+
+    Waiting in the kernel, rather than polling with LOCK_NB, leaves the CPU to the holder:
+    with hundreds of kcm processes queued on one lock, pollers waking every few milliseconds
+    slowed the holder so much that most of them timed out. A timer (SIGALRM) ends the wait.
+    """
+    import fcntl
+
+    if TYPE_CHECKING:
+        import signal as _signal
+    else:
+        import _signal
+    try:
+        previous = _signal.signal(_signal.SIGALRM, _alarm)
+    except ValueError:  # not the main thread: no signals here, so poll
+        return _poll_for_lock(fd, op, timeout)
+    try:
+        _signal.setitimer(_signal.ITIMER_REAL, timeout)
+        try:
+            fcntl.flock(fd, op)
+        finally:
+            _signal.setitimer(_signal.ITIMER_REAL, 0)
+        return True
+    except _LockWaitOver:
+        return False
+    finally:
+        _signal.signal(_signal.SIGALRM, previous)
+
+
+def _poll_for_lock(fd: int, op: int, timeout: float) -> bool:
+    import fcntl
+
+    deadline = time.monotonic() + timeout
+    delay = 0.0002
+    while True:
+        try:
+            fcntl.flock(fd, op | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            time.sleep(min(delay, deadline - now))
+            delay = min(delay * 2, 0.02)
+
+
 class StateDir:
     """An existing state directory. Open it, take the lock, read pools, write tasks.
 
@@ -316,25 +371,18 @@ class StateDir:
                 raise StateError(f"cannot open {path}: {_why(e)}") from None
         self._lock_fd = _vetted(fd, path, _S_IFREG, self._trust)
         self._timeout = timeout
-        start = time.monotonic()
-        deadline = start + timeout
-        op = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
-        delay = 0.0002
-        while True:
-            try:
-                fcntl.flock(fd, op)
-                break
-            except BlockingIOError:
-                now = time.monotonic()
-                if now >= deadline:
-                    self.unlock()
-                    raise LockTimeoutError(
-                        f"could not lock {path} within {timeout:g}s (KCM_LOCK_TIMEOUT):"
-                        " another kcm holds it"
-                    ) from None
-                time.sleep(min(delay, deadline - now))
-                delay = min(delay * 2, 0.02)
-        self._deadline = deadline
+        op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        try:
+            fcntl.flock(fd, op | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not _wait_for_lock(fd, op, timeout):
+                self.unlock()
+                raise LockTimeoutError(
+                    f"could not lock {path} within {timeout:g}s (KCM_LOCK_TIMEOUT):"
+                    " another kcm holds it"
+                ) from None
+        # The hold is bounded from the moment the lock is ours: see check_lock_held.
+        self._deadline = time.monotonic() + timeout
 
     def check_lock_held(self) -> None:
         """Refuse to write once the lock has been held past KCM_LOCK_TIMEOUT."""

@@ -319,3 +319,31 @@ def test_nohup_keeps_sighup_ignored(state2: str, tmp_path: Path) -> None:
     holder.send_signal(signal.SIGHUP)
     out, _ = holder.communicate(timeout=10)
     assert (holder.returncode, out) == (0, "lived\n")
+
+
+def test_a_release_that_cannot_lock_says_the_list_stays_booked(state2: str, tmp_path: Path) -> None:
+    import fcntl
+
+    started = tmp_path / "started"
+    proc = subprocess.Popen(
+        [KCM, "isolate", f"--conf-dir={state2}", "--pool=dataplane", f"touch {started}; sleep 0.3"],
+        env=env(KCM_LOCK_TIMEOUT="0.1"),  # a release waits 10 times as long: 1 s
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 10
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    fd = os.open(Path(state2, "lock"), os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held while the command ends and kcm tries to release
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        os.close(fd)
+    assert proc.returncode == 5
+    assert err.startswith("kcm: error: could not lock"), err
+    assert "within 1s" in err
+    assert f"CPU list 1 of pool 'dataplane' stays booked by the exited PID {proc.pid}" in err
+    assert tree(state2)["dataplane/1"] == [proc.pid]
+    assert run_kcm("reconcile", f"--conf-dir={state2}", env=env()).code == 0
+    assert tree(state2)["dataplane/1"] == []

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -89,3 +92,43 @@ def test_describe_works_on_a_read_only_mount(conf: str, tmp_path: Path) -> None:
         subprocess.run(["umount", str(ro)], check=True)
     assert result.code == 0, result.err
     assert result.out == expected.replace(conf, str(ro))
+
+
+def _hold_lock_for(conf: str, seconds: float) -> threading.Thread:
+    """Another holder of the lock (its own descriptor) that lets go after ``seconds``."""
+    fd = os.open(Path(conf, "lock"), os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    holder = threading.Thread(target=lambda: (time.sleep(seconds), os.close(fd)))
+    holder.start()
+    return holder
+
+
+def test_a_waiter_gets_the_lock_when_the_holder_lets_go(conf: str) -> None:
+    holder = _hold_lock_for(conf, 0.2)
+    with StateDir(conf) as state:
+        state.lock(30)  # blocks in the kernel until the close above
+        assert state.read_pool("infra").cpu_lists["0"].tasks == [7]
+    holder.join()
+    assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL  # the timer's handler is gone
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_a_waiter_off_the_main_thread_polls_and_times_out(conf: str) -> None:
+    holder = _hold_lock_for(conf, 0.5)
+    outcome: list[BaseException | None] = []
+
+    def wait() -> None:
+        try:
+            with StateDir(conf) as state:
+                state.lock(0.1)
+            outcome.append(None)
+        except BaseException as e:
+            outcome.append(e)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    waiter.join()
+    holder.join()
+    assert isinstance(outcome[0], LockTimeoutError)
+    with StateDir(conf) as state:
+        state.lock(0.1)  # free again

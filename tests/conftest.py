@@ -12,6 +12,10 @@ import pytest
 
 from tests.fixtures.sysfs import NO_HT_2, build_sysfs
 
+# kcm refuses state that group or others can write; under a umask such as 002 the trees the
+# tests build with plain mkdir/write would be refused. Tests of the umask set their own.
+os.umask(0o022)
+
 BIN = Path(sys.executable).parent
 KCM = str(BIN / "kcm")
 

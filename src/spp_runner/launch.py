@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Callable
@@ -478,19 +479,29 @@ def _signal(pids: list[int], sig: signal.Signals, uses_sudo: bool) -> None:
         )
 
 
-def _remove(path: str, uses_sudo: bool) -> bool:
-    """Remove a file or directory tree; whether something was there to remove."""
-    if not os.path.lexists(path):
+def _remove(path: str, uses_sudo: bool, kind: int) -> bool:
+    """Remove ``path`` if it is of ``kind`` (a ``stat.S_IF*`` type); whether it was removed.
+
+    Only what DPDK makes is removed: a socket at a vhost path, a regular hugepage file, the
+    runtime directory. Anything else found there (a directory at a socket's path, a symlink)
+    is someone else's and stays.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    if stat.S_IFMT(mode) != kind:
         return False
     try:
-        if os.path.isdir(path) and not os.path.islink(path):
+        if kind == stat.S_IFDIR:
             shutil.rmtree(path)
         else:
             os.unlink(path)
     except PermissionError:
         if not uses_sudo:
             raise
-        subprocess.run(["sudo", "rm", "-rf", "--", path], check=False, capture_output=True)
+        flag = ["-r"] if kind == stat.S_IFDIR else []
+        subprocess.run(["sudo", "rm", "-f", *flag, "--", path], check=False, capture_output=True)
     return True
 
 
@@ -546,9 +557,11 @@ def down(
         time.sleep(POLL)
 
     for path in plan.vhost_sockets:
-        if _remove(path, plan.uses_sudo):
+        if _remove(path, plan.uses_sudo, stat.S_IFSOCK):
             log(f"removed {path}")
-    if _remove(plan.runtime_dir, plan.uses_sudo):
+        elif os.path.lexists(path):
+            log(f"left {path}: not a socket, so not DPDK's")
+    if _remove(plan.runtime_dir, plan.uses_sudo, stat.S_IFDIR):
         log(f"removed {plan.runtime_dir}")
     pattern = eal.hugepage_file_pattern(plan.file_prefix)
     try:
@@ -556,7 +569,7 @@ def down(
     except OSError:
         names = []
     for name in names:
-        _remove(os.path.join(plan.huge_dir, name), plan.uses_sudo)
+        _remove(os.path.join(plan.huge_dir, name), plan.uses_sudo, stat.S_IFREG)
     if names:
         log(
             f"removed {len(names)} hugepage files of prefix '{plan.file_prefix}' from "

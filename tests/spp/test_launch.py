@@ -458,3 +458,17 @@ def test_auto_coremask_books_cores_from_kcm(run: Run, kcm_state: Path) -> None:
     assert not alive(sec_pid)
     # kcm isolate saw its command end and gave the list back.
     assert dataplane_tasks(run, kcm_state) == {"1": []}
+
+
+def test_down_leaves_what_is_not_dpdks_at_a_socket_path(run: Run) -> None:
+    up = run.wakeup("-ns", "1", "-nr", "1", "-nv", "1", "--no-attach")
+    assert up.returncode == 0, up.stderr
+    sock = run.sock_dir / "sock0"
+    assert sock.is_socket()
+    sock.unlink()  # someone else's directory now sits where the socket was
+    sock.mkdir()
+    (sock / "keep").write_text("not DPDK's")
+    down = run.wakeup("--down", "--grace", "1")
+    assert down.returncode == 0, down.stderr
+    assert f"left {sock}: not a socket, so not DPDK's" in down.stdout.splitlines()
+    assert (sock / "keep").read_text() == "not DPDK's"

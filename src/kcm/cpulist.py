@@ -16,10 +16,12 @@ MAX_CPU = 1 << 16
 def _parse_cpu(text: str, whole: str) -> int:
     if not text.isdigit() or not text.isascii():
         raise ParseError(f"invalid cpu list {whole!r}: {text!r} is not a CPU number")
-    cpu = int(text)
-    if cpu >= MAX_CPU:
-        raise ParseError(f"invalid cpu list {whole!r}: CPU {cpu} is out of range")
-    return cpu
+    # Length first: int() refuses strings of over 4300 digits with a plain ValueError.
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(MAX_CPU)) or int(digits) >= MAX_CPU:
+        shown = digits if len(digits) <= 20 else f"{digits[:10]}... ({len(digits)} digits)"
+        raise ParseError(f"invalid cpu list {whole!r}: CPU {shown} is out of range")
+    return int(digits)
 
 
 def parse(text: str) -> frozenset[int]:

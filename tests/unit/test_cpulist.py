@@ -52,6 +52,21 @@ def test_parse_rejects(bad: str) -> None:
         cpulist.parse(bad)
 
 
+@pytest.mark.parametrize("digits", [4300, 4301, 100_000])
+def test_parse_refuses_a_cpu_number_too_long_for_int(digits: int) -> None:
+    # Found by stress/fuzz.py: int() raised a plain ValueError past 4300 digits.
+    with pytest.raises(ParseError, match="out of range"):
+        cpulist.parse("1" * digits)
+    with pytest.raises(ParseError, match="out of range"):
+        cpulist.parse(f"0-{'9' * digits}")
+
+
+def test_parse_leading_zeros_are_the_same_cpu() -> None:
+    assert cpulist.parse("0" * 5000 + "7") == {7}
+    with pytest.raises(ParseError, match="out of range"):
+        cpulist.parse("0" * 5000 + "65536")
+
+
 @given(st.frozensets(st.integers(min_value=0, max_value=4095), max_size=200))
 def test_round_trip(cpus: frozenset[int]) -> None:
     text = cpulist.format(cpus)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import sys
 import time
@@ -22,7 +21,8 @@ from spp_runner.errors import LeaseError, SppError, UsageError
 
 PROG = "sppsh"
 DEFAULT_LEASE_FILE = "/var/lib/libvirt/dnsmasq/virbr0.status"
-_TRAILING_DIGITS = re.compile(r"([0-9]+)$")
+# A longer number at the end of a host name is no VM id (ids fit in two bytes of a MAC).
+MAX_ID_DIGITS = 9
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,10 @@ class Lease:
     def vm_id(self) -> int | None:
         if not self.host:
             return None
-        match = _TRAILING_DIGITS.search(self.host)
-        return int(match.group(1)) if match else None
+        # rstrip, not a regex search: "[0-9]+$" is quadratic on a long run of digits that
+        # does not end the name (30,000 digits took seconds).
+        digits = self.host[len(self.host.rstrip("0123456789")) :]
+        return int(digits) if 0 < len(digits) <= MAX_ID_DIGITS else None
 
     def line(self) -> str:
         vm_id = "-" if self.vm_id is None else str(self.vm_id)
@@ -58,6 +60,10 @@ def parse_leases(text: str, source: str, now: float) -> list[Lease]:
         raise LeaseError(
             f"{source}: not a libvirt lease file (invalid JSON: {e.msg} at line {e.lineno})"
         ) from None
+    except RecursionError:
+        raise LeaseError(f"{source}: not a libvirt lease file (JSON nested too deeply)") from None
+    except ValueError:  # int() refuses a number of over 4300 digits
+        raise LeaseError(f"{source}: not a libvirt lease file (a number too long)") from None
     if not isinstance(data, list):
         raise LeaseError(f"{source}: not a libvirt lease file (expected a JSON list)")
     leases = []

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from spp_runner import sppsh
+from spp_runner.errors import LeaseError
 
 from .conftest import SPPSH, run_cli
 
@@ -180,3 +181,38 @@ def test_usage_errors(leases, args: list[str], message: str) -> None:  # type: i
 def test_default_lease_file_is_libvirts() -> None:
     assert sppsh.DEFAULT_LEASE_FILE == "/var/lib/libvirt/dnsmasq/virbr0.status"
     assert sppsh.parser().parse_args(["-l"]).lease_file == sppsh.DEFAULT_LEASE_FILE
+
+
+# Found by stress/fuzz.py: each of these escaped parse_leases as a traceback.
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[" * 100_000, "not a libvirt lease file (JSON nested too deeply)"),
+        ("[" + "1" * 4301 + "]", "not a libvirt lease file (a number too long)"),
+    ],
+    ids=["deep-nesting", "long-number"],
+)
+def test_json_python_cannot_read_is_a_lease_error(content: str, message: str) -> None:
+    with pytest.raises(LeaseError) as e:
+        sppsh.parse_leases(content, "virbr0.status", 0)
+    assert e.value.message == f"virbr0.status: {message}"
+
+
+@pytest.mark.parametrize(
+    ("host", "vm_id"),
+    [
+        ("spp12", 12),
+        ("12", 12),
+        ("spp", None),
+        ("spp123456789", 123456789),
+        ("spp1234567890", None),  # longer than any VM id: no id
+        ("spp" + "1" * 5000, None),  # int() would refuse it
+        ("spp" + "1" * 100_000 + "x", None),  # the regex search took minutes on this
+    ],
+    ids=lambda v: v if isinstance(v, int | None) or len(v) < 20 else f"{len(v)}-chars",
+)
+def test_vm_id_is_the_host_names_trailing_number(host: str, vm_id: int | None) -> None:
+    started = time.monotonic()
+    text = json.dumps([lease("10.0.0.1", host)])
+    assert [x.vm_id for x in sppsh.parse_leases(text, "virbr0.status", 0)] == [vm_id]
+    assert time.monotonic() - started < 1

@@ -663,8 +663,11 @@ def create(path: str, pools: dict[str, Pool]) -> None:
             raise StateError(f"{path} exists and is not a directory")
         _vet_existing(path)
         for name in os.listdir(path):
+            # A killed init leaves its build directory, or the temp file of its lock.
             if _stale_init_leftover(name):
                 _remove_tree(os.path.join(path, name))
+            elif _stale_init_leftover(name, TMP_PREFIX) and name.endswith(f"-{LOCK}"):
+                os.unlink(os.path.join(path, name))
         # An empty lock is what a killed init may leave before its pools; it holds no state.
         held = [n for n in sorted(os.listdir(path)) if n != LOCK or os.path.getsize(f"{path}/{n}")]
         if held:

@@ -100,6 +100,7 @@ class Sampler(threading.Thread):
         self.stop = threading.Event()
         self.samples = 0
         self.describes = 0
+        self.describe_lock_timeouts = 0
         self.files_read = 0
 
     def run(self) -> None:
@@ -116,7 +117,11 @@ class Sampler(threading.Thread):
             if time.monotonic() >= next_describe:
                 described = run_cmd([KCM, "describe", f"--conf-dir={self.conf_dir}"], kcm_env())
                 self.describes += 1
-                if described.returncode != 0:
+                if described.returncode == 5 and not stderr_problem(
+                    described.stderr, (LOCK_TIMEOUT,)
+                ):
+                    self.describe_lock_timeouts += 1  # a clean refusal, like an isolate's
+                elif described.returncode != 0:
                     self.report.fail(f"describe under load: {described.stderr.strip()}")
                 next_describe = time.monotonic() + 0.5
 
@@ -234,6 +239,7 @@ def stress(
     report["samples"] = sampler.samples
     report["files_parsed_in_samples"] = sampler.files_read
     report["describes_under_load"] = sampler.describes
+    report["describe_lock_timeouts"] = sampler.describe_lock_timeouts
     torn = sum(1 for f in report.failures if "torn file" in f)
     report["torn_files"] = torn
     final = scan(conf)

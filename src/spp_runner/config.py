@@ -162,6 +162,28 @@ _SECTIONS: dict[str, tuple[str, ...] | None] = {
 }
 
 
+def _int_text(value: int) -> str:
+    """``value`` for a message: str() refuses integers of over 4300 digits (YAML reads
+    ``0xfff...`` of any length), so a long one is given by its size."""
+    if value.bit_length() <= 64:
+        return str(value)
+    return f"a{' negative' if value < 0 else 'n'} integer of {value.bit_length()} bits"
+
+
+def _key_text(key: object) -> str:
+    if isinstance(key, int) and not isinstance(key, bool):
+        return _int_text(key)
+    return str(key)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _type_name(value: object) -> str:
     if value is None:
         return "nothing"
@@ -171,6 +193,10 @@ def _type_name(value: object) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
+    if isinstance(value, set):
+        return "a set"
+    if isinstance(value, int):
+        return _int_text(value)
     return repr(value)
 
 
@@ -201,7 +227,8 @@ def parse_mask(value: object, *, allow_auto: bool) -> Cores | str:
         text = f"{value:#x}"
         mask = value
     if mask < 0:
-        return f"{value!r} is negative; {hint}"
+        shown = repr(value) if isinstance(value, str) else _int_text(value)
+        return f"{shown} is negative; {hint}"
     if mask == 0:
         return f"{text} selects no CPU; set at least one bit"
     if mask.bit_length() > cpulist.MAX_CPU:
@@ -212,15 +239,36 @@ def parse_mask(value: object, *, allow_auto: bool) -> Cores | str:
 class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, except that a key given twice in one mapping is an error."""
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError):
+            # PyYAML's constructors raise these for scalars they cannot convert: "!!int x",
+            # "!!timestamp x", "2020-02-30", a decimal integer of over 4300 digits.
+            tag = node.tag.rpartition(":")[2]
+            problem = f"cannot read this {tag}"
+            if isinstance(node.value, str):
+                value = node.value
+                shown = (
+                    repr(value) if len(value) <= 40 else f"{value[:20]!r}... ({len(value)} chars)"
+                )
+                problem = f"cannot read {shown} as {tag}"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
+
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen: set[object] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node)
+        if isinstance(key, list | dict | set):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a mapping or a list cannot be a key", key_node.start_mark
+            )
         if isinstance(key, str | int) and key in seen:
             mark = key_node.start_mark
+            shown = repr(key) if isinstance(key, str) else _key_text(key)
             raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} appears twice in one mapping", mark
+                None, None, f"key {shown} appears twice in one mapping", mark
             )
         seen.add(key)
     loader.flatten_mapping(node)
@@ -237,6 +285,8 @@ def load_yaml(text: str, path: str) -> object:
     """The YAML document in ``text``; a syntax error names the file, line and column."""
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
@@ -282,7 +332,7 @@ class _Parser:
         for k, v in value.items():
             if k not in known:
                 self.problem(
-                    f"{key}.{k}" if key else str(k),
+                    f"{key}.{_key_text(k)}" if key else _key_text(k),
                     f"unknown key; {'known keys' if key else 'known sections'}: {', '.join(known)}",
                 )
             else:
@@ -300,7 +350,7 @@ class _Parser:
             )
             return default
         if not lo <= value <= hi:
-            self.problem(f"{where}.{key}", f"{value} is out of range; use {lo} to {hi}")
+            self.problem(f"{where}.{key}", f"{_int_text(value)} is out of range; use {lo} to {hi}")
             return default
         return value
 
@@ -323,6 +373,10 @@ class _Parser:
         value = value.strip()
         if pattern is not None and not pattern.match(value):
             self.problem(f"{where}.{key}", f"{value!r} is not {what}")
+            return default
+        # YAML's "\0" and "\ud800" escapes: no path, program or name can hold them.
+        if "\0" in value or (not value.isascii() and not _encodable(value)):
+            self.problem(f"{where}.{key}", f"{value!r} holds a NUL or a lone surrogate")
             return default
         return value
 
@@ -364,7 +418,7 @@ class _Parser:
         if not 1 <= value <= MAX_ID:
             self.problem(
                 f"{where}.id",
-                f"{value} is out of range; use 1 to {MAX_ID} (VM id 0 is the template)",
+                f"{_int_text(value)} is out of range; use 1 to {MAX_ID} (VM id 0 is the template)",
             )
             return None
         return value
@@ -493,7 +547,11 @@ def parse(data: object, path: str) -> Config:
     socket_mem = "1024"
     if isinstance(socket_mem_value, int) and not isinstance(socket_mem_value, bool):
         if socket_mem_value < 1:
-            p.problem("eal.socket_mem", f"{socket_mem_value} MB is too little; give at least 1")
+            shown = _int_text(socket_mem_value)
+            p.problem("eal.socket_mem", f"{shown} MB is too little; give at least 1")
+        elif socket_mem_value.bit_length() > 64:
+            shown = _int_text(socket_mem_value)
+            p.problem("eal.socket_mem", f"{shown} MB is more than any host has")
         else:
             socket_mem = str(socket_mem_value)
     elif isinstance(socket_mem_value, str) and _SOCKET_MEM_RE.match(socket_mem_value.strip()):

@@ -411,3 +411,102 @@ def test_example_conf_has_no_problem() -> None:
     conf = config.read(str(example))
     assert conf.problems == ()
     assert yaml.safe_load(example.read_text())["primary"]["coremask"] == 3
+
+
+# Found by stress/fuzz.py: each of these escaped load_yaml or parse as a traceback.
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[" * 2000, "conf.yml: not valid YAML: nested too deeply"),
+        ("a: 2020-02-30\n", "conf.yml:1:4: not valid YAML: cannot read '2020-02-30' as timestamp"),
+        ("a: !!int x\n", "conf.yml:1:4: not valid YAML: cannot read 'x' as int"),
+        ("a: !!int\n", "conf.yml:1:4: not valid YAML: cannot read '' as int"),
+        ("a: !!bool x\n", "conf.yml:1:4: not valid YAML: cannot read 'x' as bool"),
+        ("a: !!timestamp x\n", "conf.yml:1:4: not valid YAML: cannot read 'x' as timestamp"),
+        (
+            "a: " + "1" * 4301 + "\n",
+            "conf.yml:1:4: not valid YAML: cannot read '11111111111111111111'... (4301 chars)"
+            " as int",
+        ),
+        ("? [a]\n: 1\n", "conf.yml:1:3: not valid YAML: a mapping or a list cannot be a key"),
+        ("? ? \n", "conf.yml:1:3: not valid YAML: a mapping or a list cannot be a key"),
+    ],
+    ids=[
+        "deep",
+        "bad-date",
+        "int",
+        "empty-int",
+        "bool",
+        "timestamp",
+        "long-int",
+        "list-key",
+        "map-key",
+    ],
+)
+def test_yaml_python_cannot_read_is_a_config_error(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config.load_yaml(text, "conf.yml")
+    assert err.value.lines == (message,)
+
+
+HUGE = 1 << 20_000  # YAML reads 0x1000...0 of any length; str() refuses it in decimal
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (
+            {"controller": {"pri_port": HUGE}},
+            "controller.pri_port: an integer of 20001 bits is out of range; use 1 to 65535",
+        ),
+        (
+            {"controller": {HUGE: 1}},
+            "controller.an integer of 20001 bits: unknown key; known keys:",
+        ),
+        (
+            {"secondaries": [{"id": -HUGE, "coremask": 3}]},
+            "secondaries[0].id: a negative integer of 20001 bits is out of range; use 1 to 65535",
+        ),
+        (
+            {"secondaries": [{"id": 1, "coremask": -HUGE}]},
+            "secondaries[0].coremask: a negative integer of 20001 bits is negative;",
+        ),
+        (
+            {"eal": {"socket_mem": HUGE}},
+            "eal.socket_mem: an integer of 20001 bits MB is more than any host has",
+        ),
+        (
+            {"eal": {"socket_mem": -HUGE}},
+            "eal.socket_mem: a negative integer of 20001 bits MB is too little; give at least 1",
+        ),
+        (
+            {"vm": {"bridge": HUGE}},
+            "vm.bridge: expected a bridge name, found an integer of 20001 bits",
+        ),
+        (
+            {"paths": {"spp_dir": "~nobody\0"}},
+            "paths.spp_dir: '~nobody\\x00' holds a NUL or a lone surrogate",
+        ),
+        (
+            {"paths": {"qemu": "~\ud800/qemu"}},
+            "paths.qemu: '~\\ud800/qemu' holds a NUL or a lone surrogate",
+        ),
+    ],
+    ids=[
+        "port",
+        "key",
+        "id",
+        "mask",
+        "socket-mem",
+        "negative-socket-mem",
+        "type",
+        "nul",
+        "surrogate",
+    ],
+)
+def test_values_python_cannot_print_or_open_are_problems(
+    data: dict[object, object], problem: str
+) -> None:
+    data = {"primary": {"coremask": 3}, **data}
+    problems = config.parse(data, "conf.yml").problems
+    assert [p for p in problems if p.startswith(problem)] != [], problems

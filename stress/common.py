@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -188,3 +190,24 @@ class Report:
             print(f"... and {len(self.failures) - 20} more", file=stream)
         print(json.dumps(self.figures), file=stream)
         return self.figures
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """A script's parser, described by the first line of its docstring, with ``--workdir``."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    p.add_argument("--workdir", help="where to build the state (default: a temp dir)")
+    return p
+
+
+def main(
+    p: argparse.ArgumentParser,
+    argv: list[str] | None,
+    script: str,
+    stress: Callable[[argparse.Namespace, str], Report],
+) -> int:
+    """Parse ``argv``, run ``stress`` in a fresh work directory, print its figures; 0 if it held."""
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix=f"kcm-{script}-", dir=args.workdir) as workdir:
+        report = stress(args, workdir)
+        report.finish()
+    return 0 if report.ok else 1

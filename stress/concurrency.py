@@ -15,12 +15,12 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 
 from kcm import cpulist
+from stress import common
 from stress.common import (
     KCM,
     Report,
@@ -254,29 +254,22 @@ def stress(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--isolates", type=int, default=1000)
-    parser.add_argument("--exclusive-lists", type=int, default=32)
-    parser.add_argument("--shared-lists", type=int, default=8)
-    parser.add_argument("--hold", type=float, default=0.3, help="seconds each command runs")
-    parser.add_argument("--exclusive-share", type=float, default=0.6)
-    parser.add_argument("--time-limit", type=float, default=600)
-    parser.add_argument("--seed", type=int, default=20261123)
-    parser.add_argument("--workdir", help="where to build the state (default: a temp dir)")
-    args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="kcm-stress-", dir=args.workdir) as workdir:
-        report = stress(
-            workdir,
-            args.isolates,
-            args.exclusive_lists,
-            args.shared_lists,
-            args.hold,
-            args.exclusive_share,
-            args.time_limit,
-            args.seed,
-        )
-        report.finish()
-    return 0 if report.ok else 1
+    p = common.parser(__doc__)
+    p.add_argument("--isolates", type=int, default=1000)
+    p.add_argument("--exclusive-lists", type=int, default=32)
+    p.add_argument("--shared-lists", type=int, default=8)
+    p.add_argument("--hold", type=float, default=0.3, help="seconds each command runs")
+    p.add_argument("--exclusive-share", type=float, default=0.6)
+    p.add_argument("--time-limit", type=float, default=600)
+    p.add_argument("--seed", type=int, default=20261123)
+
+    def run(a: argparse.Namespace, workdir: str) -> Report:
+        return stress(
+            workdir, a.isolates, a.exclusive_lists, a.shared_lists, a.hold,
+            a.exclusive_share, a.time_limit, a.seed,
+        )  # fmt: skip
+
+    return common.main(p, argv, "concurrency", run)
 
 
 if __name__ == "__main__":

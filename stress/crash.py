@@ -10,7 +10,6 @@ succeeds where it was killed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -19,9 +18,9 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
+from stress import common
 from stress.common import KCM, Report, kcm_env, make_state, scan
 from stress.common import run as run_cmd
 
@@ -262,16 +261,11 @@ def stress(workdir: str, trials: int, time_limit: float, seed: int) -> Report:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--trials", type=int, default=1000)
-    parser.add_argument("--time-limit", type=float, default=1200)
-    parser.add_argument("--seed", type=int, default=20261123)
-    parser.add_argument("--workdir", help="where to build the state (default: a temp dir)")
-    args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="kcm-crash-", dir=args.workdir) as workdir:
-        report = stress(workdir, args.trials, args.time_limit, args.seed)
-        report.finish()
-    return 0 if report.ok else 1
+    p = common.parser(__doc__)
+    p.add_argument("--trials", type=int, default=1000)
+    p.add_argument("--time-limit", type=float, default=1200)
+    p.add_argument("--seed", type=int, default=20261123)
+    return common.main(p, argv, "crash", lambda a, d: stress(d, a.trials, a.time_limit, a.seed))
 
 
 if __name__ == "__main__":

@@ -16,17 +16,16 @@ core a pinned task still loses to a busy neighbour vCPU; that loss is no schedul
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 from kcm import cpulist
+from stress import common
 from stress.common import KCM, Report, kcm_env
 
 SPIN = """
@@ -164,15 +163,10 @@ def stress(workdir: str, rounds: int, seconds: float) -> Report:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=5.0, help="length of each spin run")
-    parser.add_argument("--workdir", help="where to build the state (default: a temp dir)")
-    args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="kcm-isolation-", dir=args.workdir) as workdir:
-        report = stress(workdir, args.rounds, args.seconds)
-        report.finish()
-    return 0 if report.ok else 1
+    p = common.parser(__doc__)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--seconds", type=float, default=5.0, help="length of each spin run")
+    return common.main(p, argv, "isolation", lambda a, d: stress(d, a.rounds, a.seconds))
 
 
 if __name__ == "__main__":

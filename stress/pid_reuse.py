@@ -12,15 +12,14 @@ through ``/proc/sys/kernel/ns_last_pid`` (root only). The impostor alternates be
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 
+from stress import common
 from stress.common import KCM, Report, kcm_env, make_state, scan
 from stress.common import run as run_cmd
 
@@ -178,15 +177,10 @@ def stress(workdir: str, trials: int, time_limit: float) -> Report:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--trials", type=int, default=1000)
-    parser.add_argument("--time-limit", type=float, default=900)
-    parser.add_argument("--workdir", help="where to build the state (default: a temp dir)")
-    args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="kcm-pid-reuse-", dir=args.workdir) as workdir:
-        report = stress(workdir, args.trials, args.time_limit)
-        report.finish()
-    return 0 if report.ok else 1
+    p = common.parser(__doc__)
+    p.add_argument("--trials", type=int, default=1000)
+    p.add_argument("--time-limit", type=float, default=900)
+    return common.main(p, argv, "pid-reuse", lambda a, d: stress(d, a.trials, a.time_limit))
 
 
 if __name__ == "__main__":

@@ -76,15 +76,11 @@ def is_canonical(text: str) -> bool:
 def from_mask(mask: int) -> frozenset[int]:
     """The CPUs of a hexadecimal core mask's integer value (bit n is CPU n)."""
     if mask < 0:
-        raise ParseError(f"invalid core mask {mask}: negative")
-    cpus = set()
-    bit = 0
-    while mask:
-        if mask & 1:
-            cpus.add(bit)
-        mask >>= 1
-        bit += 1
-    return frozenset(cpus)
+        raise ParseError(f"invalid core mask {mask:#x}: negative")
+    # One pass over the binary digits: shifting the mask bit by bit is quadratic in its width
+    # (0.1 s for CPU 65535).
+    digits = bin(mask)[:1:-1]  # least significant bit first
+    return frozenset(cpu for cpu, bit in enumerate(digits) if bit == "1")
 
 
 def to_mask(cpus: Iterable[int]) -> int:

@@ -90,6 +90,19 @@ def test_mask_round_trip(cpus: frozenset[int]) -> None:
     assert cpulist.from_mask(cpulist.to_mask(cpus)) == cpus
 
 
+def test_widest_masks() -> None:
+    assert cpulist.from_mask(1 << 65535) == {65535}
+    assert cpulist.from_mask((1 << 65536) - 1) == set(range(65536))
+    assert cpulist.to_mask(cpulist.from_mask((1 << 65536) - 2)) == (1 << 65536) - 2
+
+
+def test_a_negative_mask_too_long_for_str_is_a_parse_error() -> None:
+    # Found by stress/fuzz.py: the message formatted the mask in decimal, which str() refuses
+    # past 4300 digits.
+    with pytest.raises(ParseError, match="negative"):
+        cpulist.from_mask(-(1 << 20_000))
+
+
 def test_mask_examples() -> None:
     assert cpulist.from_mask(0x0C) == {2, 3}
     assert cpulist.to_mask({8, 9}) == 0x300

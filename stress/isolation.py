@@ -1,15 +1,18 @@
 """What pinning buys: a spin task alone and beside saturated infra CPUs, with and without kcm.
 
 The state is made by ``kcm init`` from this machine's own topology (one dataplane core, the rest
-infra). Each round measures four runs of a spin task that counts loop iterations per second:
+infra). Each round measures a spin task that counts loop iterations per second, alone
+(``*_idle``) and while CPU hogs, two per infra CPU, keep the infra CPUs busy (``*_loaded``),
+three ways:
 
-- ``kcm_idle``: the spin task under ``kcm isolate --pool=dataplane``, nothing else running;
-- ``kcm_loaded``: the same while CPU hogs (two per infra CPU) run under
+- ``kcm``: the spin task under ``kcm isolate --pool=dataplane``, the hogs under
   ``kcm isolate --pool=infra``;
-- ``unpinned_idle`` and ``unpinned_loaded``: the same spin task and hogs without kcm.
+- ``taskset``: the same CPUs pinned with ``taskset -c``, the peer kcm is compared with;
+- ``unpinned``: neither pinned.
 
 The figures are medians over rounds, run in alternating order. On a VM whose vCPUs share a host
-core a pinned task still loses to a busy neighbour vCPU; that loss is no scheduling of ours.
+core a pinned task still loses to a busy neighbour vCPU; taskset shows how much of the loss
+that is, since no pinning tool can win it back.
 
     .venv/bin/python -m stress.isolation --rounds 5 --seconds 5
 """
@@ -43,7 +46,8 @@ while True:
 print(json.dumps({"rate": count / (now - start), "cpus": sorted(os.sched_getaffinity(0))}))
 """
 HOG = "while True: pass"
-SCENARIOS = ("kcm_idle", "kcm_loaded", "unpinned_idle", "unpinned_loaded")
+HOWS = ("kcm", "taskset", "unpinned")
+SCENARIOS = tuple(f"{how}_{load}" for how in HOWS for load in ("idle", "loaded"))
 
 
 def allowed_cpus(pid: int) -> set[int]:
@@ -81,14 +85,19 @@ class Bench:
         report["infra_cpus"] = cpulist.format(sorted(self.infra))
         report["hogs"] = self.hogs
 
-    def start_hogs(self, pinned: bool) -> list[subprocess.Popen[bytes]]:
-        python = sys.executable
-        if pinned:
-            argv = [KCM, "isolate", f"--conf-dir={self.conf}", "--pool=infra", f"exec {python}"]
-            argv += ["--", "-c", HOG]
-        else:
-            argv = [python, "-c", HOG]
+    def start_hogs(self, how: str) -> list[subprocess.Popen[bytes]]:
+        argv = self.argv(how, self.infra, "infra", ["-c", HOG])
         return [subprocess.Popen(argv, env=self.env) for _ in range(self.hogs)]
+
+    def argv(self, how: str, cpus: set[int], pool: str, args: list[str]) -> list[str]:
+        """The Python command ``args`` run ``how``: under kcm isolate, taskset, or neither."""
+        python = sys.executable
+        if how == "kcm":
+            kcm = [KCM, "isolate", f"--conf-dir={self.conf}", f"--pool={pool}"]
+            return [*kcm, f"exec {python}", "--", *args]
+        if how == "taskset":
+            return ["taskset", "-c", cpulist.format(sorted(cpus)), python, *args]
+        return [python, *args]
 
     def stop_hogs(self, hogs: list[subprocess.Popen[bytes]]) -> None:
         for hog in hogs:
@@ -96,41 +105,39 @@ class Bench:
         for hog in hogs:
             hog.wait(timeout=30)
 
-    def check_hogs(self, hogs: list[subprocess.Popen[bytes]]) -> None:
-        """Under kcm every hog's command really runs on the infra CPUs only."""
+    def check_hogs(self, hogs: list[subprocess.Popen[bytes]], how: str) -> None:
+        """Every pinned hog really runs on the infra CPUs only (under kcm: kcm's command)."""
         time.sleep(0.3)
         for hog in hogs:
-            with open(f"/proc/{hog.pid}/task/{hog.pid}/children") as f:
-                kids = [int(p) for p in f.read().split()]
-            if len(kids) != 1 or allowed_cpus(kids[0]) != self.infra:
-                self.report.fail(f"hog {hog.pid} is not pinned to the infra CPUs")
+            pid = hog.pid
+            if how == "kcm":
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    kids = [int(p) for p in f.read().split()]
+                pid = kids[0] if len(kids) == 1 else -1
+            if pid < 0 or allowed_cpus(pid) != self.infra:
+                self.report.fail(f"{how} hog {hog.pid} is not pinned to the infra CPUs")
 
-    def spin(self, pinned: bool) -> float:
-        python = sys.executable
-        if pinned:
-            argv = [KCM, "isolate", f"--conf-dir={self.conf}", "--pool=dataplane"]
-            argv += [f"exec {python}", "--", "-c", SPIN, str(self.seconds)]
-        else:
-            argv = [python, "-c", SPIN, str(self.seconds)]
+    def spin(self, how: str) -> float:
+        argv = self.argv(how, self.dataplane, "dataplane", ["-c", SPIN, str(self.seconds)])
         out = subprocess.run(argv, env=self.env, capture_output=True, text=True)
         if out.returncode != 0:
-            self.report.fail(f"spin task failed: {out.stderr.strip()}")
+            self.report.fail(f"{how} spin task failed: {out.stderr.strip()}")
             return 0.0
         result = json.loads(out.stdout)
-        expected = self.dataplane if pinned else set(os.sched_getaffinity(0))
+        expected = set(os.sched_getaffinity(0)) if how == "unpinned" else self.dataplane
         if set(result["cpus"]) != expected:
-            self.report.fail(f"spin task ran on {result['cpus']}, expected {sorted(expected)}")
+            self.report.fail(f"{how} spin task ran on {result['cpus']}, not {sorted(expected)}")
         return float(result["rate"])
 
     def measure(self, scenario: str) -> float:
-        pinned = scenario.startswith("kcm")
-        hogs = self.start_hogs(pinned) if scenario.endswith("loaded") else []
+        how, _, load = scenario.partition("_")
+        hogs = self.start_hogs(how) if load == "loaded" else []
         try:
-            if hogs and pinned:
-                self.check_hogs(hogs)
+            if hogs and how != "unpinned":
+                self.check_hogs(hogs, how)
             elif hogs:
                 time.sleep(0.3)
-            return self.spin(pinned)
+            return self.spin(how)
         finally:
             self.stop_hogs(hogs)
 
@@ -146,19 +153,19 @@ def stress(workdir: str, rounds: int, seconds: float) -> Report:
     medians = {s: statistics.median(v) for s, v in rates.items()}
     for s in SCENARIOS:
         report[f"{s}_rate_median"] = round(medians[s])
-    if all(medians.values()):
-        kcm_ratios = [a / b for a, b in zip(rates["kcm_loaded"], rates["kcm_idle"], strict=True)]
-        unpinned_ratios = [
-            a / b for a, b in zip(rates["unpinned_loaded"], rates["unpinned_idle"], strict=True)
+    if not all(medians.values()):
+        return report
+    ratio: dict[str, float] = {}
+    for how in HOWS:
+        per_round = [
+            a / b for a, b in zip(rates[f"{how}_loaded"], rates[f"{how}_idle"], strict=True)
         ]
-        report["kcm_loaded_over_idle"] = round(statistics.median(kcm_ratios), 3)
-        report["kcm_ratio_range"] = f"{min(kcm_ratios):.3f}-{max(kcm_ratios):.3f}"
-        report["unpinned_loaded_over_idle"] = round(statistics.median(unpinned_ratios), 3)
-        report["unpinned_ratio_range"] = f"{min(unpinned_ratios):.3f}-{max(unpinned_ratios):.3f}"
-        report["kcm_idle_over_unpinned_idle"] = round(
-            medians["kcm_idle"] / medians["unpinned_idle"], 3
-        )
-        report["goal_95_percent_met"] = statistics.median(kcm_ratios) >= 0.95
+        ratio[how] = statistics.median(per_round)
+        report[f"{how}_loaded_over_idle"] = round(ratio[how], 3)
+        report[f"{how}_ratio_range"] = f"{min(per_round):.3f}-{max(per_round):.3f}"
+    report["kcm_idle_over_taskset_idle"] = round(medians["kcm_idle"] / medians["taskset_idle"], 3)
+    report["kcm_ratio_over_taskset_ratio"] = round(ratio["kcm"] / ratio["taskset"], 3)
+    report["goal_95_percent_met"] = ratio["kcm"] >= 0.95
     return report
 
 

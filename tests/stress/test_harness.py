@@ -109,4 +109,6 @@ def test_isolation_small_pins_spin_task_and_hogs(tmp_path: Path) -> None:
     for scenario in isolation.SCENARIOS:
         assert int(str(got[f"{scenario}_rate_median"])) > 0
     assert got["dataplane_cpus"] != got["infra_cpus"]
-    assert isinstance(got["kcm_loaded_over_idle"], float)
+    for how in isolation.HOWS:
+        assert isinstance(got[f"{how}_loaded_over_idle"], float)
+    assert isinstance(got["kcm_ratio_over_taskset_ratio"], float)

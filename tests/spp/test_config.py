@@ -428,6 +428,14 @@ def test_example_conf_has_no_problem() -> None:
             "conf.yml:1:4: not valid YAML: cannot read '11111111111111111111'... (4301 chars)"
             " as int",
         ),
+        (
+            'a: "\\U00110000"\n',
+            "conf.yml:1:7: not valid YAML: an escape names no Unicode character",
+        ),
+        (
+            'a: "\\UFFFFFFFF"\n',
+            "conf.yml:1:7: not valid YAML: an escape names no Unicode character",
+        ),
         ("? [a]\n: 1\n", "conf.yml:1:3: not valid YAML: a mapping or a list cannot be a key"),
         ("? ? \n", "conf.yml:1:3: not valid YAML: a mapping or a list cannot be a key"),
     ],
@@ -439,6 +447,8 @@ def test_example_conf_has_no_problem() -> None:
         "bool",
         "timestamp",
         "long-int",
+        "escape",
+        "escape-overflow",
         "list-key",
         "map-key",
     ],

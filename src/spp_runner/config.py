@@ -283,27 +283,26 @@ _UniqueKeyLoader.add_constructor(
 
 def load_yaml(text: str, path: str) -> object:
     """The YAML document in ``text``; a syntax error names the file, line and column."""
-    loader = _UniqueKeyLoader(text)  # a SafeLoader subclass
     try:
-        return loader.get_single_data()
+        loader = _UniqueKeyLoader(text)  # a SafeLoader subclass; its reader checks the text
+        try:
+            return loader.get_single_data()
+        except (ValueError, OverflowError):
+            # PyYAML's scanner passes a "\U" escape to chr() unchecked (constructors' errors
+            # are ConstructorErrors already: see _UniqueKeyLoader.construct_object).
+            raise yaml.scanner.ScannerError(
+                None, None, "an escape names no Unicode character", loader.get_mark()
+            ) from None
+        finally:
+            loader.dispose()
     except RecursionError:
         raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
-    except (ValueError, OverflowError):
-        # PyYAML's scanner passes a "\U" escape to chr() unchecked (constructors' errors
-        # are ConstructorErrors already: see _UniqueKeyLoader.construct_object).
-        at = loader.get_mark()
-        raise ConfigError(
-            f"{path}:{at.line + 1}:{at.column + 1}: not valid YAML:"
-            " an escape names no Unicode character"
-        ) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
         raise ConfigError(f"{where}: not valid YAML: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    finally:
-        loader.dispose()
 
 
 def read(path: str) -> Config:

@@ -520,3 +520,10 @@ def test_values_python_cannot_print_or_open_are_problems(
     data = {"primary": {"coremask": 3}, **data}
     problems = config.parse(data, "conf.yml").problems
     assert [p for p in problems if p.startswith(problem)] != [], problems
+
+
+def test_characters_yaml_refuses_are_a_config_error() -> None:
+    # The fuzz harness caught 4cb8f6c building the loader outside the try: PyYAML's reader
+    # checks the text as the loader is made.
+    with pytest.raises(ConfigError, match=r"^conf\.yml: not valid YAML: unacceptable character"):
+        config.load_yaml("\x88\x88", "conf.yml")

@@ -522,6 +522,8 @@ YAML_TOKENS = st.sampled_from(
         "'",
         '"\\x00"',
         '"\\ud800"',
+        '"\\U00110000"',
+        '"\\UFFFFFFFF"',
         "|\n  ",
         "%YAML 1.1\n---\n",
         "primary",
@@ -828,7 +830,10 @@ def _build(path: str, spec: Spec) -> None:
         os.mknod(path, stat.S_IFSOCK | 0o666)
     else:
         _build(path, spec[2])
-        if spec[2][0] != "link":
+        inner = spec[2]
+        while inner[0] == "mode":
+            inner = inner[2]
+        if inner[0] != "link":  # chmod would follow the link
             os.chmod(path, spec[1])
 
 
@@ -862,35 +867,43 @@ def _diff(before: Snapshot, after: Snapshot) -> str:
     return ", ".join(repr(k) for k in changed[:5])
 
 
-def read_state(root: str) -> tuple[str, dict[str, model.Pool]]:
-    """What the readers make of ``root``: describe's JSON, and the pools read one by one.
-
-    Every reader of the state directory is used: describe, the shared lock, the pool list,
-    each pool, and each CPU list's hidden entries (owner records and temp files).
+def read_state(root: str) -> dict[str, model.Pool]:
+    """Every other reader of the state directory: the shared lock, the pool list, each pool,
+    and each CPU list's hidden entries (owner records and temp files), as reconcile reads them.
     """
-    text = describe.describe(root)
     with StateDir(root) as state:
         state.lock(5.0, shared=True)
         pools = {name: state.read_pool(name) for name in state.pool_names()}
         for pool in pools.values():
             for cl in pool.cpu_lists:
                 state.hidden_entries(pool.name, cl)
-    return text, pools
+    return pools
 
 
-StateReader = Callable[[str], tuple[str, dict[str, model.Pool]]]
+StateReader = Callable[[str], dict[str, model.Pool]]
+Describe = Callable[[str], str]
 
 
 class StateCheck:
-    """Builds each tree for real in ``workdir``, reads it, and proves the read changed nothing."""
+    """Builds each tree for real in ``workdir``, reads it, and proves the read changed nothing.
+
+    ``describe_state`` (kcm describe, in-process) and ``reader`` (every other reader) are
+    parameters so that the tests can plant bugs in them.
+    """
 
     def __init__(
-        self, figures: Figures, workdir: str, cli_every: int, reader: StateReader = read_state
+        self,
+        figures: Figures,
+        workdir: str,
+        cli_every: int,
+        reader: StateReader = read_state,
+        describe_state: Describe = describe.describe,
     ) -> None:
         self.figures = figures
         self.workdir = workdir
         self.cli_every = cli_every
         self.reader = reader
+        self.describe_state = describe_state
         self.count = 0
 
     def __call__(self, value: object) -> bool:
@@ -929,22 +942,26 @@ class StateCheck:
 
     def _read(self, root: str) -> bool:
         try:
-            text, pools = self.reader(root)
+            described: str | StateError = self.describe_state(root)
         except StateError as e:
-            error: StateError | None = e
-            text = ""
-        else:
-            error = None
+            described = e
+        try:
+            pools: dict[str, model.Pool] | None = self.reader(root)
+        except StateError:
+            pools = None
+        if isinstance(described, str) and pools is not None:
             path = os.path.normpath(root)
             same = json.dumps(model.describe(path, pools), sort_keys=True, indent=2) + "\n"
-            if model.describe_json(path, pools) != same or text != same:
+            if model.describe_json(path, pools) != same or described != same:
                 raise Violation("describe JSON differs: from json.dumps of the same pools")
+        if isinstance(described, StateError) and pools is not None:
+            raise Violation(f"describe refused what the readers accepted: {described.message}")
         if self.cli_every and self.count % self.cli_every == 0:
-            self._cli(root, text, error)
-        return error is None
+            self._cli(root, described)
+        return isinstance(described, str) and pools is not None
 
-    def _cli(self, root: str, text: str, error: StateError | None) -> None:
-        """The real ``kcm describe`` must say exactly what the in-process read said."""
+    def _cli(self, root: str, described: str | StateError) -> None:
+        """The real ``kcm describe`` must say exactly what the in-process describe said."""
         self.figures.cli_runs += 1
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KCM_", "CMK_"))}
         proc = subprocess.run(
@@ -958,14 +975,15 @@ class StateCheck:
         err = proc.stderr.decode("utf-8", "backslashreplace")
         if "Traceback" in err:
             raise Violation(f"kcm describe traceback: {err.strip().splitlines()[-1]}")
-        if error is None:
-            if proc.returncode != 0 or err or out != text:
+        if isinstance(described, str):
+            if proc.returncode != 0 or err or out != described:
                 raise Violation(
-                    f"kcm describe refused what the reader accepted: exit {proc.returncode}"
+                    f"kcm describe said otherwise in-process: exit {proc.returncode}"
                     f" ({err.strip()[:200]})"
                 )
             json.loads(out)
             return
+        error = described
         if proc.returncode != error.exit_code or out:
             raise Violation(
                 f"kcm describe exit status is not the error's: {proc.returncode},"
@@ -979,7 +997,7 @@ class StateCheck:
         # Python's stderr writes what UTF-8 cannot encode (names that are not UTF-8) escaped.
         said = f"kcm: error: {error.message}".encode("utf-8", "backslashreplace").decode()
         if lines[0] != said:
-            raise Violation(f"kcm describe error differs from the reader's: {err[:300]!r}")
+            raise Violation(f"kcm describe error differs from in-process: {err[:300]!r}")
 
 
 def state_inputs() -> st.SearchStrategy[object]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kcm import cpulist
+from kcm.describe import describe
 from kcm.errors import StateError
 from kcm.model import Pool
 from stress import fuzz
@@ -64,13 +65,13 @@ def test_state_reads_raise_only_state_error_and_change_nothing(tmp_path: Path) -
 
 
 def planted_state(
-    reader: fuzz.StateReader, cli_every: int = 0
+    reader: fuzz.StateReader = fuzz.read_state, describe_state: fuzz.Describe = describe
 ) -> Callable[[fuzz.Figures, str], Callable[[object], bool]]:
-    return lambda figures, scratch: fuzz.StateCheck(figures, scratch, cli_every, reader)
+    return lambda figures, scratch: fuzz.StateCheck(figures, scratch, 0, reader, describe_state)
 
 
 def test_a_reader_raising_anything_but_state_error_is_a_crash(tmp_path: Path) -> None:
-    def reader(root: str) -> tuple[str, dict[str, Pool]]:
+    def reader(root: str) -> dict[str, Pool]:
         fuzz.read_state(root)
         raise IndexError("planted")  # where the real reader would have succeeded
 
@@ -85,10 +86,10 @@ def test_a_reader_raising_anything_but_state_error_is_a_crash(tmp_path: Path) ->
 
 
 def test_a_reader_that_changes_the_tree_is_caught(tmp_path: Path) -> None:
-    def reader(root: str) -> tuple[str, dict[str, Pool]]:
-        result = fuzz.read_state(root)  # a tree the reader accepts has a regular lock file
+    def reader(root: str) -> dict[str, Pool]:
+        pools = fuzz.read_state(root)  # a tree the reader accepts has a regular lock file
         os.utime(os.path.join(root, "lock"), ns=(1, 1))
-        return result
+        return pools
 
     figures = fuzz.run_target(
         "state", 100, SEED, workdir=str(tmp_path), make_check=planted_state(reader)
@@ -99,28 +100,37 @@ def test_a_reader_that_changes_the_tree_is_caught(tmp_path: Path) -> None:
 
 
 def test_describe_json_that_differs_from_json_dumps_is_caught(tmp_path: Path) -> None:
-    def reader(root: str) -> tuple[str, dict[str, Pool]]:
-        text, pools = fuzz.read_state(root)
-        return text.replace("exclusive", "exclusivity"), pools
+    def wrong(root: str) -> str:
+        return describe(root).replace("exclusive", "exclusivity")
 
     figures = fuzz.run_target(
-        "state", 60, SEED, workdir=str(tmp_path), make_check=planted_state(reader)
+        "state", 60, SEED, workdir=str(tmp_path), make_check=planted_state(describe_state=wrong)
     )
     assert "crash: Violation: describe JSON differs" in figures.failures
+
+
+def test_describe_refusing_what_the_other_readers_accept_is_caught(tmp_path: Path) -> None:
+    def refuse(root: str) -> str:
+        raise StateError("planted")
+
+    figures = fuzz.run_target(
+        "state", 60, SEED, workdir=str(tmp_path), make_check=planted_state(describe_state=refuse)
+    )
+    assert "crash: Violation: describe refused what the readers accepted" in figures.failures
 
 
 def test_kcm_describe_must_say_what_the_reader_said(tmp_path: Path) -> None:
     figures = fuzz.Figures("state", 1, SEED)
     check = fuzz.StateCheck(figures, str(tmp_path), cli_every=1)
     missing = str(tmp_path / "none")
-    with pytest.raises(fuzz.Violation, match="kcm describe error differs from the reader's"):
-        check._cli(missing, "", StateError("planted"))
+    with pytest.raises(fuzz.Violation, match="kcm describe error differs from in-process"):
+        check._cli(missing, StateError("planted"))
     other_status = StateError(f"{missing} does not exist: create it with kcm init")
     other_status.exit_code = 9
     with pytest.raises(fuzz.Violation, match="kcm describe exit status is not the error's"):
-        check._cli(missing, "", other_status)
-    with pytest.raises(fuzz.Violation, match="kcm describe refused what the reader accepted"):
-        check._cli(missing, "{}", None)
+        check._cli(missing, other_status)
+    with pytest.raises(fuzz.Violation, match="kcm describe said otherwise in-process"):
+        check._cli(missing, "{}")
     assert figures.cli_runs == 3
 
 

@@ -47,6 +47,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from kcm import cpulist, describe, model
+from kcm.cli import one_line
 from kcm.errors import ParseError, StateError
 from kcm.state import MAX_FILE_SIZE, StateDir
 from spp_runner import config, sppsh
@@ -995,7 +996,8 @@ class StateCheck:
                 f"kcm describe error is not one line: {len(lines)} lines, {err[:300]!r}"
             )
         # Python's stderr writes what UTF-8 cannot encode (names that are not UTF-8) escaped.
-        said = f"kcm: error: {error.message}".encode("utf-8", "backslashreplace").decode()
+        message = one_line(error.message)  # as the CLI prints it: control characters escaped
+        said = f"kcm: error: {message}".encode("utf-8", "backslashreplace").decode()
         if lines[0] != said:
             raise Violation(f"kcm describe error differs from in-process: {err[:300]!r}")
 

@@ -241,6 +241,14 @@ def dispatch(args: Args) -> int:
     return cluster.main(options, example_workload=args.flag("--example-workload"))
 
 
+def one_line(message: str) -> str:
+    """``message`` with control characters escaped: a name read from disk may hold a newline,
+    and an error is always one line."""
+    if message.isprintable():
+        return message
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
@@ -259,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("KCM_DEBUG") == "1":
             raise
         hint = " (see kcm --help)" if isinstance(e, UsageError) else ""
-        sys.stderr.write(f"kcm: error: {e.message}{hint}\n")
+        sys.stderr.write(f"kcm: error: {one_line(e.message)}{hint}\n")
         return e.exit_code
     except KeyboardInterrupt:
         return 130

@@ -132,7 +132,9 @@ def parse_tasks(text: str) -> list[int]:
     pids = []
     for part in text.split(","):
         part = part.strip()
-        if not (part.isdigit() and part.isascii()) or int(part) <= 0:
+        # Linux PIDs are at most 4194304; the length check also keeps int() from refusing
+        # a number of thousands of digits with a ValueError of its own.
+        if not (part.isdigit() and part.isascii()) or len(part) > 10 or int(part) <= 0:
             raise ParseError(f"{part!r} is not a PID")
         pids.append(int(part))
     return pids
@@ -412,6 +414,12 @@ class StateDir:
                 for entry in it:
                     if entry.name.startswith("."):
                         continue
+                    try:
+                        validate_pool_name(entry.name)
+                    except UsageError:
+                        raise StateError(
+                            f"{self.path}/{POOLS}/{entry.name} is not a valid pool name"
+                        ) from None
                     if not entry.is_dir(follow_symlinks=False):
                         why = ": it is a symlink" if entry.is_symlink() else ""
                         raise StateError(
@@ -574,7 +582,7 @@ def _write_tasks_at(list_fd: int, tasks: list[int], dropped: list[int]) -> None:
 def parse_owner(text: str) -> int | None:
     """The start time an owner record holds, or None if it is not one."""
     text = text.strip()
-    return int(text) if text.isdigit() and text.isascii() else None
+    return int(text) if text.isdigit() and text.isascii() and len(text) <= 20 else None
 
 
 # -- creating a state directory (kcm init) -------------------------------------------------

@@ -671,11 +671,8 @@ def create(path: str, pools: dict[str, Pool]) -> None:
             raise StateError(f"{path} exists and is not a directory")
         _vet_existing(path)
         for name in os.listdir(path):
-            # A killed init leaves its build directory, or the temp file of its lock.
             if _stale_init_leftover(name):
                 _remove_tree(os.path.join(path, name))
-            elif _stale_init_leftover(name, TMP_PREFIX) and name.endswith(f"-{LOCK}"):
-                os.unlink(os.path.join(path, name))
         # An empty lock is what a killed init may leave before its pools; it holds no state.
         held = [n for n in sorted(os.listdir(path)) if n != LOCK or os.path.getsize(f"{path}/{n}")]
         if held:
@@ -748,12 +745,15 @@ def _create_inside(path: str, pools: dict[str, Pool]) -> None:
     try:
         tmp_fd = _make_dir(tmp, fd)
         try:
+            # Everything, the lock too, is written in the build directory and renamed in:
+            # a killed init leaves nothing but that directory, which the next one removes.
             try:
+                atomic_write(tmp_fd, LOCK, "", sync_dir=False)
                 _write_tree(tmp_fd, pools)
             finally:
                 os.close(tmp_fd)
             if not os.path.lexists(os.path.join(path, LOCK)):
-                atomic_write(fd, LOCK, "", sync_dir=False)
+                os.rename(f"{tmp}/{LOCK}", LOCK, src_dir_fd=fd, dst_dir_fd=fd)
             os.rename(f"{tmp}/{POOLS}", POOLS, src_dir_fd=fd, dst_dir_fd=fd)
         finally:
             _remove_tree(os.path.join(path, tmp))

@@ -251,17 +251,20 @@ def test_stale_leftovers_of_a_killed_init_are_cleaned(tmp_path: Path) -> None:
     assert tree(conf) == SEED_TREE
 
 
-def test_a_killed_inits_lock_temp_file_in_an_empty_dir_is_cleaned(tmp_path: Path) -> None:
-    # Found by stress/crash.py: init into an existing empty directory, killed while writing
-    # its lock, leaves .tmp-<pid>-<n>-lock there; the next init must not call the dir taken.
+def test_a_killed_inits_build_dir_in_an_empty_dir_is_cleaned(tmp_path: Path) -> None:
+    # Found by stress/crash.py: init into an existing empty directory, killed mid-build, must
+    # leave nothing the next init calls "not empty". What it can leave is its build directory
+    # (the lock is written there too); one of a live PID is not a leftover.
     conf = tmp_path / "kcm"
     conf.mkdir()
-    (conf / ".tmp-999999999-1-lock").write_text("")
-    (conf / ".tmp-1-1-lock").write_text("")  # PID 1 lives: not a leftover of ours
+    (conf / ".kcm-init-999999999").mkdir()
+    (conf / ".kcm-init-999999999/lock").write_text("")
+    (conf / ".kcm-init-1").mkdir()  # PID 1 lives: not a leftover of ours
     _, result = init(tmp_path, SEED_16)
-    assert_one_error_line(result, "is not empty", ".tmp-1-1-lock")
-    (conf / ".tmp-1-1-lock").unlink()
+    assert_one_error_line(result, "is not empty", ".kcm-init-1")
+    (conf / ".kcm-init-1").rmdir()
     _, result = init(tmp_path, SEED_16)
     assert result.code == 0, result.err
-    assert not (conf / ".tmp-999999999-1-lock").exists()
+    assert not (conf / ".kcm-init-999999999").exists()
+    assert sorted(os.listdir(conf)) == ["lock", "pools"]
     assert tree(str(conf)) == SEED_TREE

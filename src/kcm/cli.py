@@ -230,12 +230,12 @@ def dispatch(args: Args) -> int:
         install.install(args.get("--install-dir"))
         return 0
     if sub == "discover":
-        from kcm import discover
+        from kcm.k8s import discover
 
         return discover.main(
             conf_dir, taint=args.flag("--taint"), interval=seconds_option(args, "--interval")
         )
-    from kcm import cluster
+    from kcm.k8s import cluster
 
     options = {name: args.get(name) for name in VALUE_OPTIONS["cluster-init"]}
     return cluster.main(options, example_workload=args.flag("--example-workload"))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import sys
 
-from kcm import allocate, state, topology
+from kcm import allocate, state
 from kcm.errors import StateError
+from kcm.host import sysfs
 
 
 def init(conf_dir: str, num_dp_cores: int, num_cp_cores: int, *, keep_existing: bool) -> int:
@@ -26,7 +27,7 @@ def init(conf_dir: str, num_dp_cores: int, num_cp_cores: int, *, keep_existing: 
         held = sum(len(cl.tasks) for p in pools.values() for cl in p.cpu_lists.values())
         print(f"kcm: kept the existing state in {conf_dir} ({held} task(s))", file=sys.stderr)
         return 0
-    topo = topology.read_topology(topology.sys_root())
+    topo = sysfs.read_topology(sysfs.sys_root())
     pools = allocate.carve(topo, num_dp_cores, num_cp_cores)
     state.create(os.path.normpath(conf_dir), pools)
     return 0

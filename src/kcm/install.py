@@ -19,10 +19,13 @@ def _package_sources() -> dict[str, bytes]:
     package_dir = os.path.dirname(os.path.abspath(kcm.__file__))
     sources: dict[str, bytes] = {}
     if os.path.isdir(package_dir):
-        for name in sorted(os.listdir(package_dir)):
-            if name.endswith(".py"):
-                with open(os.path.join(package_dir, name), "rb") as f:
-                    sources[f"kcm/{name}"] = f.read()
+        for top, dirs, files in os.walk(package_dir):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            rel = os.path.relpath(top, os.path.dirname(package_dir))
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    with open(os.path.join(top, name), "rb") as f:
+                        sources[f"{rel}/{name}".replace(os.sep, "/")] = f.read()
         return sources
     # Running from an installed zip application: copy its modules.
     archive = package_dir

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 
-from kcm import cpulist, procfs
+from kcm import cpulist
 from kcm.allocate import choose_cpu_list
 from kcm.errors import EnvironmentProblem, LockTimeoutError, PoolExhaustedError
+from kcm.host import procfs
 from kcm.state import StateDir, lock_timeout, validate_pool_name
 
 TYPE_CHECKING = False  # typing costs ms at start-up; mypy treats this name as True

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from kcm import cpulist, procfs
+from kcm import cpulist
+from kcm.host import procfs
 from kcm.state import OWNER_PREFIX, TMP_PREFIX, StateDir, lock_timeout, parse_owner
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from kcm import cpulist
 from kcm.errors import ParseError
-from kcm.topology import read_online_cpus, sys_root
+from kcm.host.sysfs import read_online_cpus, sys_root
 from spp_runner.errors import ConfigError
 
 

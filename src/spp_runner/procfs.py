@@ -9,8 +9,8 @@ import os
 
 from kcm import cpulist
 from kcm.errors import ParseError
-from kcm.procfs import Stat as ProcStat
-from kcm.procfs import parse_cpus_allowed_list, parse_stat
+from kcm.host.procfs import Stat as ProcStat
+from kcm.host.procfs import parse_cpus_allowed_list, parse_stat
 
 __all__ = ["ProcStat", "parse_stat"]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kcm import discover
 from kcm.errors import StateError
+from kcm.k8s import discover
 from tests.conftest import KCM, Result, assert_one_error_line, kcm_env, run_kcm
 from tests.fixtures.state import snapshot, tree
 from tests.fixtures.sysfs import NO_HT_2, build_sysfs

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from kcm.discover import DATAPLANE_TAINT, Change, Node, capacity_patch, node_patch
+from kcm.k8s.discover import DATAPLANE_TAINT, Change, Node, capacity_patch, node_patch
 
 OURS = {"key": "kcm.io/dataplane", "value": "true", "effect": "NoSchedule"}
 OTHER = {"key": "example.com/gpu", "value": "true", "effect": "NoSchedule"}

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from kcm import cli, procfs, state
+from kcm import cli, state
 from kcm.errors import ParseError, UsageError
+from kcm.host import procfs
 
 SEEDS = Path(__file__).resolve().parents[3] / "shared" / "seeds"
 STAT = "4242 (kcm isolate) S 1 4242 4242 0 -1 4194304 100 0 0 0 1 2 0 0 20 0 1 0 987654 0 0"

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kcm import __version__
-from kcm.discover import DATAPLANE_TAINT, LABEL, LABEL_VALUE, RESOURCE
 from kcm.errors import UsageError
+from kcm.k8s.discover import DATAPLANE_TAINT, LABEL, LABEL_VALUE, RESOURCE
 
 NAME = "kcm"
 STATE_DIR = "/etc/kcm"

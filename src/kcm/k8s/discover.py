@@ -20,7 +20,7 @@ from kcm.state import StateDir, lock_timeout
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from kcm.k8s_api import NodeApi
+    from kcm.k8s.api import NodeApi
 
 RESOURCE = "kcm.io/dataplane"
 LABEL = "kcm.io/node"
@@ -161,7 +161,7 @@ def dataplane_count(conf_dir: str) -> int:
 
 def discover_once(api: NodeApi, name: str, conf_dir: str, *, taint: bool) -> Change:
     """One pass: read the state and the node, then patch only what differs."""
-    from kcm.k8s_api import ConflictError
+    from kcm.k8s.api import ConflictError
 
     change = Change(dataplane_count(conf_dir))
     wanted_taint = DATAPLANE_TAINT if taint else None
@@ -189,7 +189,7 @@ def discover_once(api: NodeApi, name: str, conf_dir: str, *, taint: bool) -> Cha
 
 def main(conf_dir: str, *, taint: bool, interval: float | None) -> int:
     """``kcm discover``: one pass, or one pass every ``interval`` seconds until SIGTERM."""
-    from kcm.k8s_api import NodeApi
+    from kcm.k8s.api import NodeApi
 
     name = node_name()
     api = NodeApi.connect()

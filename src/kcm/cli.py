@@ -69,7 +69,8 @@ Environment:
 Exit status:
   0 success; 1 reconcile found tasks with the wrong affinity; 2 usage error;
   3 bad or missing state directory; 4 no free CPU list in the pool; 5 lock timeout;
-  6 host problem (procfs, sysfs, too few cores, cannot pin, missing Python package);
+  6 host problem (procfs, sysfs, too few cores, cannot pin, missing Python package,
+  an install directory others could change);
   7 Kubernetes problem (no NODE_NAME, no credentials, API unreachable or refusing).
   isolate exits with its command's status (128+N if the command was killed by signal N).
 """

@@ -1,4 +1,4 @@
-"""``kcm install``: a standalone ``kcm`` (a Python zip application) that needs only python3."""
+"""``kcm install``: a standalone ``kcm`` and ``cmk``, a Python zip application needing python3."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from kcm.state import TMP_PREFIX, atomic_write
 
 SHEBANG = b"#!/usr/bin/env python3\n"
 MAIN = "import sys\nfrom kcm.cli import main\nsys.exit(main())\n"
-PROGRAM = "kcm"
+# CMK 1.x installed ``cmk``; workloads written for it find the same program under that name.
+PROGRAMS = ("kcm", "cmk")
 DIR_MODE = 0o755
 FILE_MODE = 0o755
 
@@ -150,7 +151,7 @@ def _remove_stale_temp_files(fd: int, names: tuple[str, ...]) -> None:
             pass  # alive, another user's
 
 
-def install(install_dir: str, names: tuple[str, ...] = (PROGRAM,)) -> list[str]:
+def install(install_dir: str, names: tuple[str, ...] = PROGRAMS) -> list[str]:
     """Write each of ``names`` into ``install_dir`` atomically, mode 0755; their paths."""
     if not install_dir:
         raise UsageError("--install-dir must not be empty")

@@ -38,7 +38,7 @@ def test_install_gives_a_standalone_kcm(tmp_path: Path) -> None:
     assert result.code == 0, result.err
     installed = target / "kcm"
     assert installed.stat().st_mode & 0o777 == 0o755
-    assert [n for n in os.listdir(target)] == ["kcm"]  # no temp file left behind
+    assert sorted(os.listdir(target)) == ["cmk", "kcm"]  # no temp file left behind
     bare = {"PATH": "/usr/bin:/bin"}
     proc = subprocess.run(
         ["env", "-i", "PATH=/usr/bin:/bin", str(installed), "--help"],

@@ -7,12 +7,16 @@ import os
 import shutil
 import subprocess
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import kcm
+from kcm.cli import HELP
 from tests.conftest import KCM, Result, assert_one_error_line, kcm_env, run_kcm
+from tests.fixtures.state import SEED_STATE, build_state
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
 NOBODY = 65534
@@ -72,6 +76,7 @@ def test_missing_directories_are_0755_and_the_program_0755_whatever_the_umask(
         "new/opt": (0o755, me),
         "new/opt/bin": (0o755, me),
         "new/opt/bin/kcm": (0o755, me),
+        "new/opt/bin/cmk": (0o755, me),
     }
 
 
@@ -83,13 +88,14 @@ def test_under_umask_000_a_local_user_cannot_replace_the_program(public: Path) -
     assert result.code == 0, result.err
     program = (target / "kcm").read_bytes()
     attack = (
-        'printf "#!/bin/sh\\necho owned\\n" > "$1/kcm.new" && mv -f "$1/kcm.new" "$1/kcm"'
-        ' || { mv "$1" "$1.old" && mkdir "$1" && printf evil > "$1/kcm"; }'
+        'printf "#!/bin/sh\\necho owned\\n" > "$1/$2.new" && mv -f "$1/$2.new" "$1/$2"'
+        ' || { mv "$1" "$1.old" && mkdir "$1" && printf evil > "$1/$2"; }'
     )
-    attacked = as_nobody("sh", "-c", attack, "sh", str(target))
-    assert attacked.returncode != 0
-    assert "Permission denied" in attacked.stderr
-    assert (target / "kcm").read_bytes() == program
+    for name in ("kcm", "cmk"):
+        attacked = as_nobody("sh", "-c", attack, "sh", str(target), name)
+        assert attacked.returncode != 0
+        assert "Permission denied" in attacked.stderr
+        assert (target / name).read_bytes() == program
     assert sorted(os.listdir(public / "new" / "opt")) == ["bin"]
 
 
@@ -179,6 +185,7 @@ def test_a_sticky_root_owned_directory_like_tmp_is_accepted(tmp_path: Path) -> N
         result = install(target)
         assert result.code == 0, result.err
         assert (target / "kcm").stat().st_mode & 0o7777 == 0o755
+        assert (target / "cmk").stat().st_mode & 0o7777 == 0o755
 
 
 @ROOT_ONLY
@@ -201,19 +208,75 @@ def test_a_symlinked_install_directory_is_vetted_where_it_points(tmp_path: Path)
     assert_one_error_line(result, f"install directory {real} is group- and world-writable")
     real.chmod(0o755)
     assert install(tmp_path / "link").code == 0
-    assert os.listdir(real) == ["kcm"]
+    assert sorted(os.listdir(real)) == ["cmk", "kcm"]
 
 
 def test_a_killed_installs_temp_file_is_removed(tmp_path: Path) -> None:
     target = tmp_path / "bin"
     target.mkdir()
     (target / ".tmp-999999999-1-kcm").write_text("half")  # a dead PID's, as kill -9 leaves it
+    (target / ".tmp-999999999-2-cmk").write_text("half")
     (target / ".tmp-1-1-kcm").write_text("busy")  # PID 1 lives: not ours to remove
+    (target / ".tmp-999999999-3-other").write_text("not ours")
     assert install(target).code == 0
-    assert sorted(os.listdir(target)) == [".tmp-1-1-kcm", "kcm"]
+    assert sorted(os.listdir(target)) == [
+        ".tmp-1-1-kcm",
+        ".tmp-999999999-3-other",
+        "cmk",
+        "kcm",
+    ]
 
 
 def test_empty_install_dir_is_a_usage_error() -> None:
     result = run_kcm("install", "--install-dir=")
     assert_one_error_line(result, "--install-dir must not be empty")
     assert result.code == 2
+
+
+@pytest.mark.parametrize("name", ["kcm", "cmk"])
+def test_kcm_and_cmk_are_one_standalone_program(tmp_path: Path, name: str) -> None:
+    target = tmp_path / "bin"
+    assert install(target).code == 0
+    assert sorted(os.listdir(target)) == ["cmk", "kcm"]  # no temp file left behind
+    assert (target / "cmk").read_bytes() == (target / "kcm").read_bytes()
+    program = str(target / name)
+    bare = ["env", "-i", "PATH=/usr/bin:/bin"]
+    helped = subprocess.run([*bare, program, "--help"], capture_output=True, text=True, cwd="/")
+    assert (helped.returncode, helped.stdout) == (0, HELP)
+    # describe reads the state; isolate also imports kcm.host (procfs): both from the archive.
+    conf = build_state(str(tmp_path / "kcm"), SEED_STATE)
+    described = subprocess.run(
+        [*bare, program, "describe", f"--conf-dir={conf}"], capture_output=True, text=True
+    )
+    assert described.returncode == 0, described.stderr
+    assert described.stdout == run_kcm("describe", f"--conf-dir={conf}").out
+    here = build_state(str(tmp_path / "here"), {"infra": (False, {"0": ""})})
+    command = 'echo "$KCM_POOL $KCM_CPUS_ASSIGNED"'
+    isolated = subprocess.run(
+        [
+            *bare,
+            "KCM_PROC_FS=/proc",
+            program,
+            "isolate",
+            f"--conf-dir={here}",
+            "--pool=infra",
+            command,
+        ],
+        capture_output=True,
+        text=True,
+        cwd="/",
+    )
+    assert (isolated.returncode, isolated.stdout) == (0, "infra 0\n"), isolated.stderr
+
+
+def test_the_archive_holds_every_module_of_kcm_and_its_subpackages(tmp_path: Path) -> None:
+    package = Path(kcm.__file__).parent
+    modules = {
+        str(p.relative_to(package.parent))
+        for p in package.rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
+    assert {"kcm/host/procfs.py", "kcm/host/sysfs.py", "kcm/k8s/discover.py"} <= modules
+    assert install(tmp_path).code == 0
+    with zipfile.ZipFile(tmp_path / "cmk") as archive:
+        assert set(archive.namelist()) == modules | {"__main__.py"}

@@ -10,7 +10,14 @@ from kcm import cli, state
 from kcm.errors import ParseError, UsageError
 from kcm.host import procfs
 
+# The seeds live in ../shared beside the checkout, which a plain clone lacks: the checks that
+# compare with them are skipped then, and nothing else depends on them.
 SEEDS = Path(__file__).resolve().parents[3] / "shared" / "seeds"
+needs_seeds = pytest.mark.skipif(
+    not SEEDS.is_dir(),
+    reason=f"seed comparison: the seeds are absent ({SEEDS} does not exist: no ../shared"
+    " beside this checkout)",
+)
 STAT = "4242 (kcm isolate) S 1 4242 4242 0 -1 4194304 100 0 0 0 1 2 0 0 20 0 1 0 987654 0 0"
 
 
@@ -100,6 +107,7 @@ def test_cli_usage_errors(argv: list[str], message: str) -> None:
         cli.parse(argv)
 
 
+@needs_seeds
 def test_help_keeps_every_seed_usage_line() -> None:
     seed = (SEEDS / "000_c85d75ef47445bfa.txt").read_text()
     block = seed.split("```\n", 2)[1].split("```")[0]

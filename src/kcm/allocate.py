@@ -55,7 +55,7 @@ def _one_list(cores: list[Core]) -> dict[str, CpuList]:
     return {name: CpuList(name)}
 
 
-def _cpu_order(name: str) -> tuple[int, ...]:
+def cpu_order(name: str) -> tuple[int, ...]:
     return tuple(sorted(cpulist.parse(name)))
 
 
@@ -70,4 +70,4 @@ def choose_cpu_list(pool: Pool) -> CpuList | None:
         candidates = [cl for cl in candidates if not cl.tasks]
     if not candidates:
         return None
-    return min(candidates, key=lambda cl: (len(cl.tasks), _cpu_order(cl.cpus)))
+    return min(candidates, key=lambda cl: (len(cl.tasks), cpu_order(cl.cpus)))

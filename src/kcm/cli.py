@@ -25,11 +25,13 @@ Usage:
   kcm isolate [--conf-dir=<dir>] --pool=<pool> <command> [-- <args> ...]
   kcm install --install-dir=<dir>
   kcm init [--conf-dir=<dir>] [--num-dp-cores=<num>] [--num-cp-cores=<num>] [--keep-existing]
+           [--quiet]
   kcm discover [--conf-dir=<dir>] [--taint] [--interval=<seconds>]
   kcm reconcile [--conf-dir=<dir>] [--interval=<seconds>]
   kcm cluster-init [--namespace=<ns>] [--image=<image>] [--num-dp-cores=<num>]
                    [--num-cp-cores=<num>] [--node-selector=<key=value>]
                    [--reconcile-interval=<seconds>] [--example-workload]
+  kcm install --install-dir=<dir> [--quiet]
 """
 
 OPTIONS = """\
@@ -44,6 +46,7 @@ Options:
   --keep-existing       init: keep a state directory that is already initialised.
   --taint               discover: also taint the node kcm.io/dataplane=true:NoSchedule.
   --interval=<seconds>  reconcile, discover: run a pass every <seconds> until SIGTERM.
+  --quiet               init, install: say nothing on stderr when they succeed.
   --namespace=<ns>      cluster-init: namespace to deploy into [default: kcm].
   --image=<image>       cluster-init: kcm container image [default: kcm:latest].
   --node-selector=<key=value>
@@ -69,8 +72,7 @@ Environment:
 Exit status:
   0 success; 1 reconcile found tasks with the wrong affinity; 2 usage error;
   3 bad or missing state directory; 4 no free CPU list in the pool; 5 lock timeout;
-  6 host problem (procfs, sysfs, too few cores, cannot pin, missing Python package,
-  an install directory others could change);
+  6 host problem (procfs, sysfs, too few cores, cannot pin, missing Python package);
   7 Kubernetes problem (no NODE_NAME, no credentials, API unreachable or refusing).
   isolate exits with its command's status (128+N if the command was killed by signal N).
 """
@@ -95,7 +97,8 @@ VALUE_OPTIONS = {
     },
 }
 FLAGS = {
-    "init": {"--keep-existing"},
+    "init": {"--keep-existing", "--quiet"},
+    "install": {"--quiet"},
     "discover": {"--taint"},
     "cluster-init": {"--example-workload"},
 }
@@ -220,7 +223,13 @@ def dispatch(args: Args) -> int:
         from kcm import init
 
         dp, cp = count_option(args, "--num-dp-cores"), count_option(args, "--num-cp-cores")
-        return init.init(conf_dir, dp, cp, keep_existing=args.flag("--keep-existing"))
+        return init.init(
+            conf_dir,
+            dp,
+            cp,
+            keep_existing=args.flag("--keep-existing"),
+            quiet=args.flag("--quiet"),
+        )
     if sub == "reconcile":
         from kcm import reconcile
 
@@ -228,7 +237,7 @@ def dispatch(args: Args) -> int:
     if sub == "install":
         from kcm import install
 
-        install.install(args.get("--install-dir"))
+        install.main(args.get("--install-dir"), quiet=args.flag("--quiet"))
         return 0
     if sub == "discover":
         from kcm.k8s import discover

@@ -8,9 +8,18 @@ import sys
 from kcm import allocate, state
 from kcm.errors import StateError
 from kcm.host import sysfs
+from kcm.model import Pool
+from kcm.topology import Topology
 
 
-def init(conf_dir: str, num_dp_cores: int, num_cp_cores: int, *, keep_existing: bool) -> int:
+def init(
+    conf_dir: str,
+    num_dp_cores: int,
+    num_cp_cores: int,
+    *,
+    keep_existing: bool,
+    quiet: bool = False,
+) -> int:
     """Create ``conf_dir``; with ``keep_existing``, a complete valid state is left as it is.
 
     Keeping the state is what makes init restart-safe (a DaemonSet's init container runs it on
@@ -25,9 +34,28 @@ def init(conf_dir: str, num_dp_cores: int, num_cp_cores: int, *, keep_existing: 
         if missing:
             raise StateError(f"{conf_dir} lacks the pool(s) {', '.join(sorted(missing))}")
         held = sum(len(cl.tasks) for p in pools.values() for cl in p.cpu_lists.values())
-        print(f"kcm: kept the existing state in {conf_dir} ({held} task(s))", file=sys.stderr)
+        if not quiet:
+            print(f"kcm: kept the existing state in {conf_dir} ({held} task(s))", file=sys.stderr)
         return 0
-    topo = sysfs.read_topology(sysfs.sys_root())
+    root = sysfs.sys_root()
+    topo = sysfs.read_topology(root)
     pools = allocate.carve(topo, num_dp_cores, num_cp_cores)
-    state.create(os.path.normpath(conf_dir), pools)
+    path = os.path.normpath(conf_dir)
+    state.create(path, pools)
+    if not quiet:
+        for line in carved(path, root, topo, pools):
+            print(line, file=sys.stderr)
     return 0
+
+
+def carved(path: str, sys_root: str, topology: Topology, pools: dict[str, Pool]) -> list[str]:
+    """What init says it made: the directory, then one line per pool with its lists."""
+    cores, cpus = len(topology.cores), len(topology.cpus)
+    lines = [f"kcm: created {path} from the topology in {sys_root} ({cores} cores, {cpus} CPUs)"]
+    order = [allocate.DATAPLANE, allocate.CONTROLPLANE, allocate.INFRA]
+    for name in sorted(pools, key=lambda n: (order.index(n) if n in order else len(order), n)):
+        pool = pools[name]
+        kind = "exclusive" if pool.exclusive else "shared"
+        lists = " ".join(sorted(pool.cpu_lists, key=allocate.cpu_order)) or "no lists"
+        lines.append(f"kcm:   {name} ({kind}): {lists}")
+    return lines

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import zipfile
 
 import kcm
@@ -151,12 +152,15 @@ def _remove_stale_temp_files(fd: int, names: tuple[str, ...]) -> None:
             pass  # alive, another user's
 
 
-def install(install_dir: str, names: tuple[str, ...] = PROGRAMS) -> list[str]:
-    """Write each of ``names`` into ``install_dir`` atomically, mode 0755; their paths."""
+def install(install_dir: str, names: tuple[str, ...] = PROGRAMS) -> tuple[list[str], list[str]]:
+    """Write each of ``names`` into ``install_dir`` atomically, mode 0755.
+
+    Returns the directories it created and the paths of the programs it wrote.
+    """
     if not install_dir:
         raise UsageError("--install-dir must not be empty")
     program = build_zipapp()
-    fd, _ = _open_path(install_dir)
+    fd, created = _open_path(install_dir)
     written = []
     try:
         _remove_stale_temp_files(fd, names)
@@ -169,4 +173,14 @@ def install(install_dir: str, names: tuple[str, ...] = PROGRAMS) -> list[str]:
             written.append(path)
     finally:
         os.close(fd)
-    return written
+    return created, written
+
+
+def main(install_dir: str, *, quiet: bool) -> None:
+    """``kcm install``: install, then say on stderr what was created and written."""
+    created, written = install(install_dir)
+    if not quiet:
+        for path in created:
+            print(f"kcm: created directory {path}", file=sys.stderr)
+        for path in written:
+            print(f"kcm: installed {path}", file=sys.stderr)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_one_error_line, kcm_env, run_kcm
+from tests.conftest import Result, assert_one_error_line, kcm_env, run_kcm
 from tests.fixtures.state import snapshot, tree
 from tests.fixtures.sysfs import (
     DUAL_SOCKET_20_CORE_HT,
@@ -32,7 +32,9 @@ SEED_TREE = {
 }
 
 
-def init(tmp_path: Path, cpus: list[FakeCpu], *flags: str, offline: frozenset[int] = frozenset()):
+def init(
+    tmp_path: Path, cpus: list[FakeCpu], *flags: str, offline: frozenset[int] = frozenset()
+) -> tuple[str, Result]:
     sys_root = build_sysfs(str(tmp_path / "sys"), cpus, offline=offline)
     conf = str(tmp_path / "kcm")
     return conf, run_kcm("init", f"--conf-dir={conf}", *flags, env=kcm_env(KCM_SYS_FS=sys_root))
@@ -268,3 +270,42 @@ def test_a_killed_inits_build_dir_in_an_empty_dir_is_cleaned(tmp_path: Path) -> 
     assert not (conf / ".kcm-init-999999999").exists()
     assert sorted(os.listdir(conf)) == ["lock", "pools"]
     assert tree(str(conf)) == SEED_TREE
+
+
+# -- what init says ------------------------------------------------------------------------
+
+
+def test_init_says_what_it_carved_one_line_per_pool(tmp_path: Path) -> None:
+    conf, result = init(tmp_path, SEED_16)
+    assert result.code == 0, result.err
+    assert result.out == ""  # stdout stays clean for scripts
+    assert result.err == (
+        f"kcm: created {conf} from the topology in {tmp_path}/sys (8 cores, 16 CPUs)\n"
+        "kcm:   dataplane (exclusive): 4,12 5,13 6,14 7,15\n"
+        "kcm:   controlplane (shared): 3,11\n"
+        "kcm:   infra (shared): 0-2,8-10\n"
+    )
+
+
+def test_init_names_a_pool_without_lists(tmp_path: Path) -> None:
+    _, result = init(tmp_path, NO_HT_4, "--num-dp-cores=3", "--num-cp-cores=0")
+    assert result.code == 0, result.err
+    assert "kcm:   controlplane (shared): no lists\n" in result.err
+
+
+def test_quiet_init_says_nothing_and_writes_the_same_state(tmp_path: Path) -> None:
+    loud, said = init(tmp_path / "loud", SEED_16)
+    quiet, silent = init(tmp_path / "quiet", SEED_16, "--quiet")
+    assert said.code == silent.code == 0
+    assert (silent.out, silent.err) == ("", "")
+    assert snapshot(quiet) == snapshot(loud)
+    assert tree(quiet) == SEED_TREE
+
+
+def test_quiet_keep_existing_says_nothing_but_errors_still_show(tmp_path: Path) -> None:
+    _, first = init(tmp_path, SEED_16, "--quiet")
+    assert first.code == 0
+    _, kept = init(tmp_path, SEED_16, "--keep-existing", "--quiet")
+    assert (kept.code, kept.err) == (0, "")
+    _, refused = init(tmp_path, SEED_16, "--quiet")
+    assert_one_error_line(refused, "is not empty")

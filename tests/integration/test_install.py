@@ -280,3 +280,27 @@ def test_the_archive_holds_every_module_of_kcm_and_its_subpackages(tmp_path: Pat
     assert install(tmp_path).code == 0
     with zipfile.ZipFile(tmp_path / "cmk") as archive:
         assert set(archive.namelist()) == modules | {"__main__.py"}
+
+
+def test_install_says_what_it_created_and_wrote(tmp_path: Path) -> None:
+    target = tmp_path / "opt" / "bin"
+    result = install(target)
+    assert (result.code, result.out) == (0, "")
+    assert result.err == (
+        f"kcm: created directory {tmp_path}/opt\n"
+        f"kcm: created directory {target}\n"
+        f"kcm: installed {target}/kcm\n"
+        f"kcm: installed {target}/cmk\n"
+    )
+    again = install(target)
+    assert again.err == f"kcm: installed {target}/kcm\nkcm: installed {target}/cmk\n"
+
+
+def test_quiet_install_says_nothing_but_refusals_still_show(tmp_path: Path) -> None:
+    target = tmp_path / "bin"
+    result = install(target, "--quiet")
+    assert (result.code, result.out, result.err) == (0, "", "")
+    assert sorted(os.listdir(target)) == ["cmk", "kcm"]
+    target.chmod(0o777)
+    refused = install(target, "--quiet")
+    assert_one_error_line(refused, f"install directory {target} is group- and world-writable")

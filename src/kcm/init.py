@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from kcm import allocate, state
+from kcm import allocate, cpulist, state
 from kcm.errors import StateError
 from kcm.host import sysfs
 from kcm.model import Pool
@@ -39,12 +39,15 @@ def init(
         return 0
     root = sysfs.sys_root()
     topo = sysfs.read_topology(root)
-    pools = allocate.carve(topo, num_dp_cores, num_cp_cores)
+    carving = allocate.carving(topo, num_dp_cores, num_cp_cores)
+    pools = carving.pools
     path = os.path.normpath(conf_dir)
     state.create(path, pools)
     if not quiet:
         for line in carved(path, root, topo, pools):
             print(line, file=sys.stderr)
+    for warning in carving.warnings:  # also when quiet: the operator should fix these
+        print(f"kcm: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -52,6 +55,9 @@ def carved(path: str, sys_root: str, topology: Topology, pools: dict[str, Pool])
     """What init says it made: the directory, then one line per pool with its lists."""
     cores, cpus = len(topology.cores), len(topology.cpus)
     lines = [f"kcm: created {path} from the topology in {sys_root} ({cores} cores, {cpus} CPUs)"]
+    isolated = topology.isolated_at_boot
+    if isolated:
+        lines[0] += f"; isolated at boot: CPUs {cpulist.format(isolated)}"
     order = [allocate.DATAPLANE, allocate.CONTROLPLANE, allocate.INFRA]
     for name in sorted(pools, key=lambda n: (order.index(n) if n in order else len(order), n)):
         pool = pools[name]

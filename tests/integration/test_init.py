@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from kcm import cpulist
 from tests.conftest import Result, assert_one_error_line, kcm_env, run_kcm
 from tests.fixtures.state import snapshot, tree
 from tests.fixtures.sysfs import (
@@ -33,9 +35,13 @@ SEED_TREE = {
 
 
 def init(
-    tmp_path: Path, cpus: list[FakeCpu], *flags: str, offline: frozenset[int] = frozenset()
+    tmp_path: Path,
+    cpus: list[FakeCpu],
+    *flags: str,
+    offline: frozenset[int] = frozenset(),
+    **sysfs: Any,
 ) -> tuple[str, Result]:
-    sys_root = build_sysfs(str(tmp_path / "sys"), cpus, offline=offline)
+    sys_root = build_sysfs(str(tmp_path / "sys"), cpus, offline=offline, **sysfs)
     conf = str(tmp_path / "kcm")
     return conf, run_kcm("init", f"--conf-dir={conf}", *flags, env=kcm_env(KCM_SYS_FS=sys_root))
 
@@ -309,3 +315,108 @@ def test_quiet_keep_existing_says_nothing_but_errors_still_show(tmp_path: Path) 
     assert (kept.code, kept.err) == (0, "")
     _, refused = init(tmp_path, SEED_16, "--quiet")
     assert_one_error_line(refused, "is not empty")
+
+
+# -- CPUs isolated at boot -----------------------------------------------------------------
+
+ISOLATED_4_7 = cpulist.parse("4-7,12-15")
+
+
+@pytest.mark.parametrize(
+    ("sysfs", "said"),
+    [
+        pytest.param(
+            {"isolated": ISOLATED_4_7}, "; isolated at boot: CPUs 4-7,12-15", id="isolcpus"
+        ),
+        pytest.param(
+            {"isolated": frozenset(), "nohz_full": ISOLATED_4_7},
+            "; isolated at boot: CPUs 4-7,12-15",
+            id="nohz_full",
+        ),
+        pytest.param({"isolated": frozenset(), "nohz_full": "(null)\n"}, "", id="none-null"),
+        pytest.param({"isolated": frozenset(), "nohz_full": frozenset()}, "", id="none-empty"),
+    ],
+)
+def test_init_reads_boot_isolation_and_keeps_the_seed_tree(
+    tmp_path: Path, sysfs: dict[str, Any], said: str
+) -> None:
+    conf, result = init(tmp_path, SEED_16, **sysfs)
+    assert result.code == 0, result.err
+    assert tree(conf) == SEED_TREE
+    assert result.err == (
+        f"kcm: created {conf} from the topology in {tmp_path}/sys (8 cores, 16 CPUs){said}\n"
+        "kcm:   dataplane (exclusive): 4,12 5,13 6,14 7,15\n"
+        "kcm:   controlplane (shared): 3,11\n"
+        "kcm:   infra (shared): 0-2,8-10\n"
+    )
+
+
+def test_isolated_cores_left_in_infra_are_a_warning_even_when_quiet(tmp_path: Path) -> None:
+    conf, result = init(
+        tmp_path, SEED_16, "--num-dp-cores=2", "--num-cp-cores=1", "--quiet", isolated=ISOLATED_4_7
+    )
+    assert result.code == 0, result.err
+    assert tree(conf) == {
+        "controlplane": False,
+        "controlplane/5,13": [],
+        "dataplane": True,
+        "dataplane/6,14": [],
+        "dataplane/7,15": [],
+        "infra": False,
+        "infra/0-4,8-12": [],
+    }
+    assert result.err == (
+        "kcm: warning: CPUs 4,12 are isolated at boot but end up in infra, the housekeeping"
+        " pool; raise --num-dp-cores or --num-cp-cores to use them (whole cores only), or"
+        " isolate fewer CPUs at boot\n"
+    )
+
+
+def test_a_dual_socket_box_with_isolated_cores_on_one_socket(tmp_path: Path) -> None:
+    conf, result = init(
+        tmp_path, DUAL_SOCKET_20_CORE_HT, "--quiet", isolated=cpulist.parse("6-9,26-29")
+    )
+    assert (result.code, result.err) == (0, "")
+    assert tree(conf) == {
+        "controlplane": False,
+        "controlplane/19,39": [],
+        "dataplane": True,
+        "dataplane/6,26": [],
+        "dataplane/7,27": [],
+        "dataplane/8,28": [],
+        "dataplane/9,29": [],
+        "infra": False,
+        "infra/0-5,10-18,20-25,30-38": [],
+    }
+
+
+@pytest.mark.parametrize(
+    ("isolated", "flags", "message"),
+    [
+        ("6-7,14-15", [], "--num-dp-cores=4 needs 4 core(s) isolated at boot, but the host has 2"),
+        ("4-7,12-14", [], "--num-dp-cores=4 needs 4 core(s) isolated at boot, but the host has 3"),
+        (
+            "7",
+            ["--num-dp-cores=1"],
+            "--num-dp-cores=1 needs 1 core(s) isolated at boot, but the host has 0",
+        ),
+    ],
+)
+def test_too_few_isolated_cores_is_one_error_and_nothing_is_written(
+    tmp_path: Path, isolated: str, flags: list[str], message: str
+) -> None:
+    conf, result = init(tmp_path, SEED_16, *flags, isolated=cpulist.parse(isolated))
+    assert_one_error_line(result, message, f"isolated CPUs {isolated}")
+    assert result.code == 6
+    assert not os.path.lexists(conf)
+    assert [p for p in os.listdir(tmp_path) if p != "sys"] == []
+
+
+def test_a_garbled_isolated_file_is_one_error(tmp_path: Path) -> None:
+    sys_root = build_sysfs(str(tmp_path / "sys"), SEED_16)
+    Path(sys_root, "devices/system/cpu/isolated").write_text("4-x\n")
+    conf = str(tmp_path / "kcm")
+    result = run_kcm("init", f"--conf-dir={conf}", env=kcm_env(KCM_SYS_FS=sys_root))
+    assert_one_error_line(result, "devices/system/cpu/isolated", "'x' is not a CPU number")
+    assert result.code == 6
+    assert not os.path.lexists(conf)

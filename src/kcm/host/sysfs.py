@@ -1,4 +1,5 @@
-"""What kcm reads from a sysfs root: online CPUs, their cores and sockets, NUMA nodes."""
+"""What kcm reads from a sysfs root: online CPUs, their cores and sockets, NUMA nodes, and the
+CPUs isolated at boot."""
 
 from __future__ import annotations
 
@@ -25,10 +26,7 @@ def _read(path: str) -> str:
 
 
 def _read_cpus(path: str) -> frozenset[int]:
-    try:
-        return cpulist.parse(_read(path))
-    except ParseError as e:
-        raise EnvironmentProblem(f"{path}: {e}") from None
+    return _read_cpus_text(_read(path), path)
 
 
 def _read_int(path: str) -> int:
@@ -45,6 +43,30 @@ def read_online_cpus(root: str) -> frozenset[int]:
     if not cpus:
         raise EnvironmentProblem(f"{root}/devices/system/cpu/online lists no CPUs")
     return cpus
+
+
+def read_boot_isolation(root: str) -> tuple[frozenset[int], frozenset[int]]:
+    """The CPUs of ``devices/system/cpu/isolated`` and ``nohz_full``; a missing file is none.
+
+    A kernel without ``nohz_full`` support lacks that file; some print ``(null)`` in it when
+    the boot line has no ``nohz_full=``.
+    """
+    found: list[frozenset[int]] = []
+    for name in ("isolated", "nohz_full"):
+        path = os.path.join(root, "devices/system/cpu", name)
+        if not os.path.exists(path):
+            found.append(frozenset())
+            continue
+        text = _read(path)
+        found.append(frozenset() if text.strip() == "(null)" else _read_cpus_text(text, path))
+    return found[0], found[1]
+
+
+def _read_cpus_text(text: str, path: str) -> frozenset[int]:
+    try:
+        return cpulist.parse(text)
+    except ParseError as e:
+        raise EnvironmentProblem(f"{path}: {e}") from None
 
 
 def _numa_nodes(root: str) -> dict[int, int]:
@@ -89,4 +111,5 @@ def read_topology(root: str) -> Topology:
             )
         seen |= siblings
         cores.append(Core(socket, core_id, tuple(sorted(siblings)), numa.get(cpu)))
-    return Topology.from_cores(cores)
+    isolated, nohz_full = read_boot_isolation(root)
+    return Topology.from_cores(cores, isolated=isolated, nohz_full=nohz_full)

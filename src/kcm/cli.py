@@ -25,7 +25,7 @@ Usage:
   kcm isolate [--conf-dir=<dir>] --pool=<pool> <command> [-- <args> ...]
   kcm install --install-dir=<dir>
   kcm init [--conf-dir=<dir>] [--num-dp-cores=<num>] [--num-cp-cores=<num>] [--keep-existing]
-           [--quiet]
+           [--exclusive-mode=<mode>] [--quiet]
   kcm discover [--conf-dir=<dir>] [--taint] [--interval=<seconds>]
   kcm reconcile [--conf-dir=<dir>] [--interval=<seconds>]
   kcm cluster-init [--namespace=<ns>] [--image=<image>] [--num-dp-cores=<num>]
@@ -44,6 +44,9 @@ Options:
   --num-cp-cores=<num>  Number of control plane cores [default: 1].
   --pool=<pool>         Pool name: either infra, controlplane or dataplane.
   --keep-existing       init: keep a state directory that is already initialised.
+  --exclusive-mode=<mode>
+                        init: packed takes the dataplane cores from the top of the host,
+                        spread deals them across the sockets [default: packed].
   --taint               discover: also taint the node kcm.io/dataplane=true:NoSchedule.
   --interval=<seconds>  reconcile, discover: run a pass every <seconds> until SIGTERM.
   --quiet               init, install: say nothing on stderr when they succeed.
@@ -81,7 +84,7 @@ HELP = USAGE + "\n" + OPTIONS
 
 # Each subcommand: the options taking a value, the flags, and their defaults.
 VALUE_OPTIONS = {
-    "init": {"--conf-dir", "--num-dp-cores", "--num-cp-cores"},
+    "init": {"--conf-dir", "--num-dp-cores", "--num-cp-cores", "--exclusive-mode"},
     "discover": {"--conf-dir", "--interval"},
     "describe": {"--conf-dir"},
     "reconcile": {"--conf-dir", "--interval"},
@@ -106,6 +109,7 @@ DEFAULTS = {
     "--conf-dir": "/etc/kcm",
     "--num-dp-cores": "4",
     "--num-cp-cores": "1",
+    "--exclusive-mode": "packed",
     "--namespace": "kcm",
     "--image": "kcm:latest",
     "--reconcile-interval": "60",
@@ -228,6 +232,7 @@ def dispatch(args: Args) -> int:
             dp,
             cp,
             keep_existing=args.flag("--keep-existing"),
+            exclusive_mode=args.get("--exclusive-mode"),
             quiet=args.flag("--quiet"),
         )
     if sub == "reconcile":

@@ -18,6 +18,7 @@ def init(
     num_cp_cores: int,
     *,
     keep_existing: bool,
+    exclusive_mode: str = allocate.PACKED,
     quiet: bool = False,
 ) -> int:
     """Create ``conf_dir``; with ``keep_existing``, a complete valid state is left as it is.
@@ -25,6 +26,7 @@ def init(
     Keeping the state is what makes init restart-safe (a DaemonSet's init container runs it on
     every pod start): live allocations survive. Anything else non-empty is still refused.
     """
+    allocate.check_exclusive_mode(exclusive_mode)
     if keep_existing and state.is_initialized(conf_dir):
         # A writer's checks under a reader's lock: the state kept is the one isolate will use.
         with state.StateDir(conf_dir, writer=True) as existing:
@@ -39,7 +41,7 @@ def init(
         return 0
     root = sysfs.sys_root()
     topo = sysfs.read_topology(root)
-    carving = allocate.carving(topo, num_dp_cores, num_cp_cores)
+    carving = allocate.carving(topo, num_dp_cores, num_cp_cores, exclusive_mode=exclusive_mode)
     pools = carving.pools
     path = os.path.normpath(conf_dir)
     state.create(path, pools)

@@ -13,6 +13,7 @@ from tests.conftest import Result, assert_one_error_line, kcm_env, run_kcm
 from tests.fixtures.state import snapshot, tree
 from tests.fixtures.sysfs import (
     DUAL_SOCKET_20_CORE_HT,
+    DUAL_SOCKET_NUMA,
     NO_HT_2,
     NO_HT_4,
     NON_CONTIGUOUS,
@@ -420,3 +421,75 @@ def test_a_garbled_isolated_file_is_one_error(tmp_path: Path) -> None:
     assert_one_error_line(result, "devices/system/cpu/isolated", "'x' is not a CPU number")
     assert result.code == 6
     assert not os.path.lexists(conf)
+
+
+# -- --exclusive-mode ----------------------------------------------------------------------
+
+
+def test_packed_is_todays_carving_byte_for_byte(tmp_path: Path) -> None:
+    default, first = init(tmp_path / "default", SEED_16)
+    packed, second = init(tmp_path / "packed", SEED_16, "--exclusive-mode=packed")
+    assert first.code == second.code == 0
+    assert snapshot(packed) == snapshot(default)
+    assert tree(packed) == SEED_TREE
+
+
+def test_spread_deals_dataplane_lists_across_the_sockets(tmp_path: Path) -> None:
+    conf, result = init(
+        tmp_path, DUAL_SOCKET_20_CORE_HT, "--exclusive-mode", "spread", numa=DUAL_SOCKET_NUMA
+    )
+    assert result.code == 0, result.err
+    assert tree(conf) == {
+        "controlplane": False,
+        "controlplane/17,37": [],
+        "dataplane": True,
+        "dataplane/8,28": [],
+        "dataplane/9,29": [],
+        "dataplane/18,38": [],
+        "dataplane/19,39": [],
+        "infra": False,
+        "infra/0-7,10-16,20-27,30-36": [],
+    }
+    assert result.err.splitlines()[1:] == [
+        "kcm:   dataplane (exclusive): 8,28 9,29 18,38 19,39",
+        "kcm:   controlplane (shared): 17,37",
+        "kcm:   infra (shared): 0-7,10-16,20-27,30-36",
+    ]
+
+
+def test_spread_takes_the_isolated_cores_of_each_socket(tmp_path: Path) -> None:
+    conf, result = init(
+        tmp_path,
+        DUAL_SOCKET_20_CORE_HT,
+        "--exclusive-mode=spread",
+        "--num-dp-cores=2",
+        "--num-cp-cores=2",
+        "--quiet",
+        isolated=cpulist.parse("8-9,18-19,28-29,38-39"),
+    )
+    assert (result.code, result.err) == (0, "")
+    assert tree(conf) == {
+        "controlplane": False,
+        "controlplane/8,18,28,38": [],  # the isolated cores left over, one per socket
+        "dataplane": True,
+        "dataplane/9,29": [],
+        "dataplane/19,39": [],
+        "infra": False,
+        "infra/0-7,10-17,20-27,30-37": [],
+    }
+
+
+@pytest.mark.parametrize("mode", ["tight", "", "PACKED"])
+def test_an_unknown_exclusive_mode_is_a_usage_error_and_nothing_is_written(
+    tmp_path: Path, mode: str
+) -> None:
+    conf = str(tmp_path / "kcm")
+    result = run_kcm(
+        "init",
+        f"--conf-dir={conf}",
+        f"--exclusive-mode={mode}",
+        env=kcm_env(KCM_SYS_FS=str(tmp_path / "no-sysfs")),  # refused before sysfs is read
+    )
+    assert_one_error_line(result, f"--exclusive-mode={mode!r} is neither packed nor spread")
+    assert result.code == 2
+    assert os.listdir(tmp_path) == []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from kcm import cpulist
-from kcm.errors import EnvironmentProblem, ParseError
+from kcm.errors import EnvironmentProblem, ParseError, UsageError
 from kcm.topology import Core, Topology
 
 
@@ -69,28 +69,32 @@ def _read_cpus_text(text: str, path: str) -> frozenset[int]:
         raise EnvironmentProblem(f"{path}: {e}") from None
 
 
-def _numa_nodes(root: str) -> dict[int, int]:
-    """CPU -> NUMA node, from ``devices/system/node/node*/cpulist`` where present."""
+def _numa_nodes(root: str) -> tuple[dict[int, int], tuple[int, ...]]:
+    """CPU -> NUMA node from ``devices/system/node/node*/cpulist``, and every node there
+    (a node of memory alone has an empty cpulist)."""
     node_dir = os.path.join(root, "devices/system/node")
     try:
         names = os.listdir(node_dir)
     except OSError:
-        return {}
-    nodes: dict[int, int] = {}
+        return {}, ()
+    cpu_nodes: dict[int, int] = {}
+    nodes = []
     for name in names:
         if not (name.startswith("node") and name[4:].isdigit()):
             continue
         path = os.path.join(node_dir, name, "cpulist")
         if os.path.exists(path):
+            node = int(name[4:])
+            nodes.append(node)
             for cpu in _read_cpus(path):
-                nodes[cpu] = int(name[4:])
-    return nodes
+                cpu_nodes[cpu] = node
+    return cpu_nodes, tuple(sorted(nodes))
 
 
 def read_topology(root: str) -> Topology:
     """The topology of the host whose sysfs is mounted at ``root`` (what lscpu reads)."""
     online = read_online_cpus(root)
-    numa = _numa_nodes(root)
+    numa, nodes = _numa_nodes(root)
     seen: set[int] = set()
     cores: list[Core] = []
     for cpu in sorted(online):
@@ -112,4 +116,82 @@ def read_topology(root: str) -> Topology:
         seen |= siblings
         cores.append(Core(socket, core_id, tuple(sorted(siblings)), numa.get(cpu)))
     isolated, nohz_full = read_boot_isolation(root)
-    return Topology.from_cores(cores, isolated=isolated, nohz_full=nohz_full)
+    return Topology.from_cores(
+        cores, isolated=isolated, nohz_full=nohz_full, numa_nodes=nodes or None
+    )
+
+
+# -- devices: which NUMA node a PCI device or network interface sits on ---------------------
+
+
+def _pci_address(device: str) -> str | None:
+    """``device`` as a full PCI address (``0000:3b:00.0``; ``3b:00.0`` gets domain 0000), or
+    None if it is not one."""
+    parts = device.lower().split(":")
+    if len(parts) == 2:
+        parts.insert(0, "0000")
+    if len(parts) != 3:
+        return None
+    domain, bus, slot_function = parts
+    slot, dot, function = slot_function.partition(".")
+    hexdigits = "0123456789abcdef"
+    fields = ((domain, 4), (bus, 2), (slot, 2), (function, 1))
+    if not dot or any(len(f) != n or f.strip(hexdigits) for f, n in fields):
+        return None
+    return f"{domain}:{bus}:{slot}.{function}"
+
+
+def _read_node(path: str) -> int | None:
+    text = _read(path).strip()
+    try:
+        node = int(text)
+    except ValueError:
+        raise EnvironmentProblem(f"{path}: expected a NUMA node number, found {text!r}") from None
+    if node < -1:
+        raise EnvironmentProblem(f"{path}: expected a NUMA node number, found {text!r}")
+    return None if node == -1 else node  # -1: the platform ties the device to no node
+
+
+def device_numa_node(root: str, device: str) -> int | None:
+    """The NUMA node of ``device``: a PCI address (``0000:3b:00.0``) or a network interface
+    (``ens1f0``); None when the device belongs to no node (``numa_node`` is -1).
+
+    An interface's ``device`` link leads to its PCI function, or to a device under it (a
+    virtio NIC is ``<pci>/virtio<N>``), so the nearest ``numa_node`` on the way up counts.
+    """
+    if (
+        not device
+        or "/" in device
+        or "\0" in device
+        or device in (".", "..")
+        or not device.isprintable()
+    ):
+        raise UsageError(
+            f"invalid device {device!r}: a device is a PCI address (0000:3b:00.0) or a"
+            " network interface name (ens1f0)"
+        )
+    address = _pci_address(device)
+    if address is not None:
+        pci = os.path.join(root, "bus/pci/devices", address)
+        if os.path.isdir(pci):
+            return _read_node(os.path.join(pci, "numa_node"))
+    net = os.path.join(root, "class/net", device)
+    if not os.path.isdir(net):
+        raise EnvironmentProblem(
+            f"no device {device!r} on this host: neither a PCI device in"
+            f" {root}/bus/pci/devices nor a network interface in {root}/class/net"
+        )
+    link = os.path.join(net, "device")
+    if not os.path.exists(link):
+        raise EnvironmentProblem(
+            f"network interface {device} has no device ({link} is missing: a virtual"
+            " interface), so it lies on no NUMA node; name the NIC it runs over"
+        )
+    devices = os.path.realpath(os.path.join(root, "devices"))
+    at = os.path.realpath(link)
+    while at.startswith(devices + os.sep):
+        path = os.path.join(at, "numa_node")
+        if os.path.exists(path):
+            return _read_node(path)
+        at = os.path.dirname(at)
+    return None  # no bus on the way up knows of NUMA: the device belongs to no node

@@ -107,8 +107,11 @@ def _open_path(install_dir: str) -> tuple[int, list[str]]:
             try:
                 next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:
-                os.mkdir(part, DIR_MODE, dir_fd=fd)
-                made = True
+                try:
+                    os.mkdir(part, DIR_MODE, dir_fd=fd)
+                    made = True
+                except FileExistsError:
+                    pass  # made by someone else meanwhile: vetted below like any other
                 next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
             try:
                 if made:

@@ -80,7 +80,8 @@ def carving(
         dp_cores = candidates[len(candidates) - num_dp_cores :]
     else:
         # CPU 0's core stays with infra, as in the seed's carving, unless isolated at boot.
-        dealt = candidates if isolated else candidates[1:]
+        first = min(cores, key=lambda c: c.cpus[0])
+        dealt = candidates if isolated else [c for c in candidates if c != first]
         dp_cores = _deal(dealt, num_dp_cores)
     taken = set(dp_cores)
     # Controlplane from the top of what is left, the isolated cores first.
@@ -125,7 +126,7 @@ def _deal(cores: list[Core], count: int) -> list[Core]:
         by_socket.setdefault(core.socket, []).append(core)
     stacks = [by_socket[s] for s in sorted(by_socket, reverse=True)]  # top at each list's end
     dealt: list[Core] = []
-    while len(dealt) < count:
+    while len(dealt) < count and any(stacks):
         for stack in stacks:
             if stack and len(dealt) < count:
                 dealt.append(stack.pop())

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.sysfs import NO_HT_2, build_sysfs
+from tests.guest import marker as guest_marker
 
 # kcm refuses state that group or others can write; under a umask such as 002 the trees the
 # tests build with plain mkdir/write would be refused. Tests of the umask set their own.
@@ -18,6 +19,15 @@ os.umask(0o022)
 
 BIN = Path(sys.executable).parent
 KCM = str(BIN / "kcm")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Tests marked @pytest.mark.guest(...) run only inside the guest kernel (tests/guest).
+    guest_marker.select(config, items, guest_marker.guest_mode())
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    guest_marker.report_counts(terminalreporter.stats)
 
 
 class Result:

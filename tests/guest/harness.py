@@ -1,0 +1,325 @@
+"""Run a command, or pytest, inside the project's guest kernel under QEMU (TCG), from the host.
+
+The guest sees the host's whole root read-only over 9p, so the host's Python, virtualenv and
+checkout are there at the same paths; everything it writes goes to its own tmpfs and cgroups.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import pytest
+
+from tests.guest.build import CHECKOUT, GuestKernel, GuestUnavailable, ensure_kernel
+
+# The kernel each cgroup mode boots by default: 6.12 has no cgroup v1 cpuset, 6.1 has both.
+KERNEL_FOR = {"v2": "6.12", "v1": "6.1"}
+MODES = tuple(KERNEL_FOR)
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+STATUS_PORT = "/dev/ttyS2"  # see init.sh: ttyS0 console, ttyS1 job output, ttyS2 status
+
+
+class GuestError(Exception):
+    """The guest did not run the job to its end: it failed to boot, or ran out of time."""
+
+
+@dataclass(frozen=True)
+class GuestResult:
+    """What a job in the guest did: its exit status, its output, and how long the boot took."""
+
+    exit_code: int
+    output: str  # the job's stdout and stderr, in the order written
+    boot_seconds: float  # host wall time from QEMU's start to the job's start
+    seconds: float  # host wall time of the whole run, power-off included
+    console: str  # the kernel's console, for diagnosis
+    status: tuple[str, ...]  # the status port's lines
+    kernel: str  # the Debian package=version booted
+
+
+@dataclass(frozen=True)
+class PytestCounts:
+    """pytest's outcome counts inside the guest, as its terminal summary counts them."""
+
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+    xfailed: int = 0
+    xpassed: int = 0
+    deselected: int = 0
+
+    @property
+    def all_passed(self) -> bool:
+        """At least one test ran, and every selected test passed (a skip is not a pass)."""
+        others = self.failed + self.errors + self.skipped + self.xfailed + self.xpassed
+        return self.passed > 0 and others == 0
+
+
+@dataclass(frozen=True)
+class GuestPytest:
+    counts: PytestCounts | None  # None when pytest never reached its summary
+    result: GuestResult
+
+
+# ----------------------------------------------------------------------------- pure parts
+
+
+def guest_env(
+    cgroup: str, smp: int, python: str = sys.executable, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The job's whole environment: nothing of the host's but the interpreter's directory."""
+    env = {
+        "PATH": f"{Path(python).parent}:{SYSTEM_PATH}",
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+        # The share is read-only: no bytecode, pytest cache or Hypothesis database on it.
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "HYPOTHESIS_STORAGE_DIRECTORY": "/tmp/hypothesis",
+        "KCM_IN_GUEST": cgroup,
+        "KCM_GUEST_SMP": str(smp),
+        "KCM_GUEST_STATUS": STATUS_PORT,
+    }
+    env.update(extra or {})
+    return env
+
+
+def job_script(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> str:
+    """The shell script /init runs chrooted into the host's root: cd, then exec argv in env."""
+    if not argv:
+        raise ValueError("an empty argv")
+    assignments = " ".join(shlex.quote(f"{k}={v}") for k, v in env.items())
+    command = " ".join(shlex.quote(arg) for arg in argv)
+    return f"cd {shlex.quote(str(cwd))} || exit 126\nexec env -i {assignments} {command}\n"
+
+
+def qemu_argv(
+    kernel: GuestKernel, *, cgroup: str, job: Path, ports: Path, smp: int, memory_mb: int
+) -> list[str]:
+    """QEMU under TCG with the host's root shared read-only, no network, three serial ports."""
+    if any(c.isspace() for c in str(job)):
+        raise ValueError(f"the job's path goes on the kernel command line: {job}")
+    append = f"console=ttyS0 quiet panic=-1 kcm.cgroup={cgroup} kcm.job={job}"
+    return [
+        "qemu-system-x86_64",
+        "-nodefaults",
+        "-machine", "q35",
+        "-accel", "tcg,thread=multi",
+        "-smp", str(smp),
+        "-m", str(memory_mb),
+        "-display", "none",
+        "-no-reboot",
+        "-nic", "none",
+        "-kernel", str(kernel.vmlinuz),
+        "-initrd", str(kernel.initrd),
+        "-append", append,
+        "-serial", f"file:{ports / 'console'}",
+        "-serial", f"file:{ports / 'output'}",
+        "-serial", f"file:{ports / 'status'}",
+        "-virtfs",
+        "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+    ]  # fmt: skip
+
+
+def exit_code(status: Sequence[str]) -> int | None:
+    """The job's exit status from the status lines, or None when /init never reported one."""
+    for line in status:
+        word, _, rest = line.partition(" ")
+        if word == "exit" and rest.strip().isdigit():
+            return int(rest)
+    return None
+
+
+def failure(status: Sequence[str]) -> str | None:
+    """Why /init gave up before the job ran, if it said so."""
+    for line in status:
+        word, _, rest = line.partition(" ")
+        if word == "fail":
+            return rest
+    return None
+
+
+def pytest_counts(status: Sequence[str]) -> PytestCounts | None:
+    """The counts the guest's pytest wrote on the status port (see report_counts)."""
+    known = {f.name for f in fields(PytestCounts)}
+    for line in status:
+        word, _, rest = line.partition(" ")
+        if word == "pytest":
+            got = json.loads(rest)
+            return PytestCounts(**{k: int(v) for k, v in got.items() if k in known})
+    return None
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def run_in_guest(
+    argv: Sequence[str],
+    *,
+    cgroup: str = "v2",
+    kernel: str | None = None,
+    smp: int = 4,
+    memory_mb: int = 1024,
+    env: Mapping[str, str] | None = None,
+    cwd: Path = CHECKOUT,
+    timeout: float = 300.0,
+) -> GuestResult:
+    """Boot the guest, run ``argv`` in it as root, and return what it did.
+
+    ``cgroup`` picks the hierarchy mounted at /sys/fs/cgroup (``v2``) or the v1 cpuset at
+    /sys/fs/cgroup/cpuset (``v1``); ``kernel`` the series (default: 6.12 for v2, 6.1 for v1).
+    ``env`` adds to the job's environment (see guest_env). Raises GuestUnavailable when this
+    host cannot have the guest, GuestError when it does not finish the job within ``timeout``.
+    """
+    if cgroup not in KERNEL_FOR:
+        raise ValueError(f"cgroup {cgroup!r}: want one of {', '.join(MODES)}")
+    if cgroup == "v1" and kernel == "6.12":
+        raise ValueError("6.12 has no cgroup v1 cpuset (CONFIG_CPUSETS_V1 is off)")
+    built = ensure_kernel(kernel or KERNEL_FOR[cgroup])
+    with tempfile.TemporaryDirectory(prefix="kcm-guest-") as scratch:
+        ports = Path(scratch)
+        job = ports / "job.sh"
+        job.write_text(job_script(argv, guest_env(cgroup, smp, extra=env), cwd))
+        for port in ("console", "output", "status"):
+            (ports / port).touch()
+        argv_qemu = qemu_argv(
+            built, cgroup=cgroup, job=job, ports=ports, smp=smp, memory_mb=memory_mb
+        )
+        with (ports / "qemu.log").open("wb") as log:
+            started = time.monotonic()
+            proc = subprocess.Popen(
+                argv_qemu,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+            try:
+                boot = _wait(proc, ports / "status", started, timeout)
+            finally:
+                # Whatever happened (a timeout, ^C, an error here), no QEMU outlives the call.
+                timed_out = proc.poll() is None
+                if timed_out:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        seconds = time.monotonic() - started
+        status = tuple((ports / "status").read_text(errors="replace").splitlines())
+        console = (ports / "console").read_text(errors="replace")
+        output = (ports / "output").read_text(errors="replace")
+        qemu_log = (ports / "qemu.log").read_text(errors="replace")
+    code = exit_code(status)
+    if code is None or timed_out:
+        if timed_out:
+            why = f"timed out after {timeout:g} s ({'in the job' if boot else 'booting'})"
+        else:
+            why = failure(status) or f"QEMU exited {proc.returncode} without the job's status"
+        raise GuestError(
+            f"guest {built.pin.key} ({cgroup}): {why}\n"
+            f"--- qemu\n{qemu_log[-2000:]}\n--- console\n{console[-4000:]}\n"
+            f"--- output\n{output[-8000:]}"
+        )
+    return GuestResult(
+        exit_code=code,
+        output=output,
+        boot_seconds=boot if boot is not None else seconds,
+        seconds=seconds,
+        console=console,
+        status=status,
+        kernel=built.pin.key,
+    )
+
+
+def run_pytest_in_guest(
+    paths: Sequence[str] = ("tests",),
+    *,
+    cgroup: str = "v2",
+    kernel: str | None = None,
+    args: Sequence[str] = (),
+    smp: int = 4,
+    memory_mb: int = 1024,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 600.0,
+) -> GuestPytest:
+    """Run pytest on ``paths`` in the guest; there only tests marked guest(cgroup) are selected."""
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args, *paths]
+    result = run_in_guest(
+        argv,
+        cgroup=cgroup,
+        kernel=kernel,
+        smp=smp,
+        memory_mb=memory_mb,
+        env=env,
+        timeout=timeout,
+    )
+    return GuestPytest(pytest_counts(result.status), result)
+
+
+def guest_test_files(paths: Sequence[str] = ("tests",), cwd: Path = CHECKOUT) -> list[str]:
+    """The test files under ``paths`` that hold guest-marked tests, as the host collects them.
+
+    Collecting on the host takes a second or two; collecting the whole tree under TCG takes
+    ten or more, so the guest is handed only these files.
+    """
+    collect = ["--collect-only", "-q", "-m", "guest"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *collect, *paths],
+        cwd=cwd,
+        env={k: v for k, v in os.environ.items() if k != "KCM_IN_GUEST"},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    if done.returncode not in (0, 5):  # 5: nothing collected
+        raise RuntimeError(f"collecting the guest tests failed:\n{done.stdout}{done.stderr}")
+    return sorted({line.split("::", 1)[0] for line in done.stdout.splitlines() if "::" in line})
+
+
+def require_guest(series: str) -> GuestKernel:
+    """The built guest of ``series``, or a skip with the reason; in CI as root, a failure."""
+    try:
+        return ensure_kernel(series)
+    except GuestUnavailable as e:
+        if os.environ.get("CI") and os.geteuid() == 0:
+            pytest.fail(f"CI runs as root and must boot the guest: {e}")
+        pytest.skip(f"no guest kernel here: {e}")
+
+
+def _wait(
+    proc: subprocess.Popen[bytes], status: Path, started: float, timeout: float
+) -> float | None:
+    """Wait for QEMU to exit within ``timeout``; return the seconds until the job started."""
+    deadline = started + timeout
+    boot: float | None = None
+    while proc.poll() is None:
+        now = time.monotonic()
+        if now >= deadline:
+            break
+        if boot is None:
+            if status.read_bytes().startswith(b"start "):
+                boot = now - started
+            time.sleep(0.05)
+        else:
+            try:
+                proc.wait(timeout=deadline - now)
+            except subprocess.TimeoutExpired:
+                break
+    return boot
+
+
+def _die_with_parent() -> None:
+    # If the test run itself is killed, the kernel kills QEMU too (PR_SET_PDEATHSIG).
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)

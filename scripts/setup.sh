@@ -10,6 +10,10 @@ command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v dpdk-testpmd >/dev/null || need+=(dpdk dpdk-dev)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v hyperfine >/dev/null || need+=(hyperfine)
+# The guest kernel of tests/guest: QEMU to boot it, a static busybox for its initramfs.
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' \
+    || need+=(busybox-static)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "setup: installing ${need[*]}" >&2

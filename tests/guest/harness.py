@@ -6,6 +6,7 @@ checkout are there at the same paths; everything it writes goes to its own tmpfs
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import json
 import os
@@ -135,7 +136,7 @@ def qemu_argv(
 
 def exit_code(status: Sequence[str]) -> int | None:
     """The job's exit status from the status lines, or None when /init never reported one."""
-    for line in status:
+    for line in reversed(status):  # /init's own line is the last
         word, _, rest = line.partition(" ")
         if word == "exit" and rest.strip().isdigit():
             return int(rest)
@@ -154,7 +155,7 @@ def failure(status: Sequence[str]) -> str | None:
 def pytest_counts(status: Sequence[str]) -> PytestCounts | None:
     """The counts the guest's pytest wrote on the status port (see report_counts)."""
     known = {f.name for f in fields(PytestCounts)}
-    for line in status:
+    for line in reversed(status):
         word, _, rest = line.partition(" ")
         if word == "pytest":
             got = json.loads(rest)
@@ -323,3 +324,58 @@ def _wait(
 def _die_with_parent() -> None:
     # If the test run itself is killed, the kernel kills QEMU too (PR_SET_PDEATHSIG).
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tests.guest.harness [options] COMMAND...`` or ``... --pytest [PYTEST ARGS]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.guest.harness",
+        description="Boot the guest kernel and run a command, or the guest tests, inside it.",
+    )
+    parser.add_argument("--cgroup", choices=MODES, default="v2", help="hierarchy to mount")
+    parser.add_argument("--kernel", choices=sorted(set(KERNEL_FOR.values())), help="series")
+    parser.add_argument("--smp", type=int, default=4, help="vCPUs (default 4)")
+    parser.add_argument("--memory", type=int, default=1024, help="MiB (default 1024)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
+    parser.add_argument(
+        "--pytest",
+        action="store_true",
+        help="run pytest with the rest as its arguments (default: the guest test files)",
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="argv to run in the guest")
+    args = parser.parse_args(argv)
+    if not args.pytest and not args.command:
+        parser.error("give a command to run, or --pytest")
+    try:
+        if args.pytest:
+            result = run_pytest_in_guest(
+                args.command or guest_test_files(),
+                cgroup=args.cgroup,
+                kernel=args.kernel,
+                smp=args.smp,
+                memory_mb=args.memory,
+                timeout=args.timeout,
+            ).result
+        else:
+            result = run_in_guest(
+                args.command,
+                cgroup=args.cgroup,
+                kernel=args.kernel,
+                smp=args.smp,
+                memory_mb=args.memory,
+                timeout=args.timeout,
+            )
+    except (GuestUnavailable, GuestError) as e:
+        print(f"guest: {e}", file=sys.stderr)
+        return 125
+    sys.stdout.write(result.output)
+    print(
+        f"guest: {result.kernel} ({args.cgroup}): exit {result.exit_code}, "
+        f"job started {result.boot_seconds:.1f} s after QEMU, {result.seconds:.1f} s in all",
+        file=sys.stderr,
+    )
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

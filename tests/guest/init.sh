@@ -77,7 +77,8 @@ status "start $(cut -d' ' -f1 /proc/uptime)"
 chroot "$root" /bin/sh /run/kcm-guest-job >/dev/ttyS1 2>&1 </dev/null
 code=$?
 # Whatever the job left running goes, then the last close of the output port waits until
-# the port has sent everything: nothing the job wrote is lost to the power-off.
+# the port has sent everything. (No run lost output without this; it is cheap insurance
+# that the power-off never cuts the tail of what the job wrote.)
 kill -KILL -1 2>/dev/null
 sleep 0.1
 : >/dev/ttyS1

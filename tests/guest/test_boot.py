@@ -57,7 +57,12 @@ def test_every_guest_test_passes_inside_the_guest(cgroup: str) -> None:
 
 def test_a_job_gets_its_argv_environment_and_exit_status_back() -> None:
     require_guest(KERNEL_FOR["v2"])
-    script = 'printf "%s|" "$@"; echo "$KCM_IN_GUEST $EXTRA $(pwd)"; echo to-stderr >&2; exit 7'
+    # 64 KiB of output, and a process left behind holding the output port: every byte
+    # arrives, and the run ends without waiting for the straggler.
+    script = (
+        'printf "%s|" "$@"; echo "$KCM_IN_GUEST $EXTRA $(pwd)"; echo to-stderr >&2; '
+        "head -c 65536 /dev/zero | tr '\\0' x; sleep 600 & exit 7"
+    )
     got = run_in_guest(
         ["sh", "-c", script, "sh", "two words", "it's", "$HOME"],
         cgroup="v2",
@@ -66,7 +71,7 @@ def test_a_job_gets_its_argv_environment_and_exit_status_back() -> None:
         timeout=120,
     )
     assert got.exit_code == 7, got
-    assert got.output == "two words|it's|$HOME|v2 given /usr\nto-stderr\n"
+    assert got.output == "two words|it's|$HOME|v2 given /usr\nto-stderr\n" + "x" * 65536
     assert 0 < got.boot_seconds < got.seconds
     assert qemu_children() == []
 

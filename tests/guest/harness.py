@@ -327,7 +327,7 @@ def _die_with_parent() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tests.guest.harness [options] COMMAND...`` or ``... --pytest [PYTEST ARGS]``."""
+    """``python -m tests.guest.harness [options] COMMAND...`` or ``... --pytest [-- ARGS]``."""
     parser = argparse.ArgumentParser(
         prog="python -m tests.guest.harness",
         description="Boot the guest kernel and run a command, or the guest tests, inside it.",
@@ -342,14 +342,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="run pytest with the rest as its arguments (default: the guest test files)",
     )
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="argv to run in the guest")
-    args = parser.parse_args(argv)
-    if not args.pytest and not args.command:
+    parser.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        help="argv to run in the guest (after -- if it starts with -)",
+    )
+    words = list(sys.argv[1:] if argv is None else argv)
+    rest: list[str] = []
+    if "--" in words:
+        rest = words[words.index("--") + 1 :]
+        words = words[: words.index("--")]
+    args = parser.parse_args(words)
+    command = [*args.command, *rest]
+    if not args.pytest and not command:
         parser.error("give a command to run, or --pytest")
     try:
         if args.pytest:
+            # Without a test path among its arguments, pytest gets the guest test files.
+            named = any(Path(arg.split("::")[0]).exists() for arg in command)
             result = run_pytest_in_guest(
-                args.command or guest_test_files(),
+                command if named else [*command, *guest_test_files()],
                 cgroup=args.cgroup,
                 kernel=args.kernel,
                 smp=args.smp,
@@ -358,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ).result
         else:
             result = run_in_guest(
-                args.command,
+                command,
                 cgroup=args.cgroup,
                 kernel=args.kernel,
                 smp=args.smp,

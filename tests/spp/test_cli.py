@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -276,12 +277,27 @@ def test_status_refuses_a_session_spp_wakeup_did_not_start(tmux_env: dict[str, s
     )
 
 
+def path_without_qemu(tmp_path: Path) -> str:
+    """VENV_BIN and every program of /usr/bin and /bin except QEMU's system emulators.
+
+    QEMU is installed wherever the guest-kernel tests run (scripts/setup.sh), so the PATH
+    that lacks it is made, not hoped for.
+    """
+    shadow = tmp_path / "bin-without-qemu"
+    shadow.mkdir()
+    for directory in ("/usr/bin", "/bin"):
+        for entry in os.scandir(directory):
+            link = shadow / entry.name
+            if not entry.name.startswith("qemu-system-") and not os.path.lexists(link):
+                link.symlink_to(entry.path)
+    return f"{VENV_BIN}:{shadow}"
+
+
 def test_launch_with_vms_but_no_qemu_refuses_naming_it(
     tmp_path: Path, sysfs16: Path, tmux_env: dict[str, str], spp_tree: Path
 ) -> None:
-    path = f"{VENV_BIN}:/usr/bin:/bin"
-    if shutil.which("qemu-system-x86_64", path=path):
-        pytest.skip("QEMU is installed here")
+    path = path_without_qemu(tmp_path)
+    assert shutil.which("qemu-system-x86_64", path=path) is None
     hda = tmp_path / "qemu-hda/img/template.qcow2"
     hda.parent.mkdir(parents=True)
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(hda), "16M"], check=True)

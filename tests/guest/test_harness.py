@@ -83,6 +83,22 @@ def test_the_newest_package_of_the_series_wins_by_debian_version_order() -> None
         build.newest("6.1", candidates[:3])
 
 
+@pytest.mark.skipif(shutil.which("apt-cache") is None, reason="repin asks apt-cache")
+def test_repin_pins_a_package_the_registry_offers_for_each_series(tmp_path: Path) -> None:
+    lock = tmp_path / "kernels.lock"
+    try:
+        pins = build.repin(lock)
+    except GuestUnavailable as e:
+        pytest.skip(f"no package lists here: {e}")
+    assert build.read_pins(lock) == pins
+    assert sorted(pins) == sorted(build.SERIES)
+    for pin in pins.values():
+        offered = subprocess.run(
+            ["apt-cache", "madison", pin.package], capture_output=True, text=True, check=True
+        ).stdout
+        assert (pin.package, pin.version) in build.parse_madison(offered)
+
+
 # ----------------------------------------------------------------------------- modules
 
 

@@ -224,7 +224,9 @@ def run_in_guest(
     code = exit_code(status)
     if code is None or timed_out:
         if timed_out:
-            why = f"timed out after {timeout:g} s ({'in the job' if boot else 'booting'})"
+            why = (
+                f"timed out after {timeout:g} s ({'in the job' if boot is not None else 'booting'})"
+            )
         else:
             why = failure(status) or f"QEMU exited {proc.returncode} without the job's status"
         raise GuestError(

@@ -245,7 +245,7 @@ def is_static_elf(path: Path) -> bool:
     return all(struct.unpack_from("<I", table, i * phentsize)[0] != 3 for i in range(phnum))
 
 
-def check_host(busybox: Path = BUSYBOX) -> None:
+def check_host() -> None:
     """Raise GuestUnavailable, with the reason, when this host cannot build or boot a guest."""
     if platform.machine() != "x86_64":
         raise GuestUnavailable(f"the guest kernels are amd64; this host is {platform.machine()}")
@@ -256,17 +256,17 @@ def check_host(busybox: Path = BUSYBOX) -> None:
     ):
         if shutil.which(tool) is None:
             raise GuestUnavailable(f"{tool} is not installed (Debian package {package})")
-    if not busybox.exists() or not is_static_elf(busybox):
-        raise GuestUnavailable(f"{busybox} is not a static busybox (Debian package busybox-static)")
+    if not BUSYBOX.exists() or not is_static_elf(BUSYBOX):
+        raise GuestUnavailable(f"{BUSYBOX} is not a static busybox (Debian package busybox-static)")
 
 
-def inputs(pin: Pin, busybox: Path = BUSYBOX) -> str:
+def inputs(pin: Pin) -> str:
     """What a built guest depends on, one line each; a change to any of them rebuilds it."""
     return "".join(
         f"{name} {value}\n"
         for name, value in (
             ("package", pin.key),
-            ("busybox", _sha256(busybox.read_bytes())),
+            ("busybox", _sha256(BUSYBOX.read_bytes())),
             ("init", _sha256(INIT_SCRIPT.read_bytes())),
             ("builder", _sha256(Path(__file__).read_bytes())),
         )

@@ -22,6 +22,7 @@ from tests.guest.harness import (
     job_script,
     pytest_counts,
     qemu_argv,
+    require_guest,
 )
 
 CHECKOUT = Path(__file__).resolve().parent.parent.parent
@@ -231,6 +232,19 @@ def test_a_cached_guest_is_used_only_while_its_inputs_are_the_same(tmp_path: Pat
     assert build._load(out, other) is None  # another pin: rebuild
     (out / "inputs").write_text(build.inputs(pin).replace("init ", "init 0"))
     assert build._load(out, pin) is None  # another /init: rebuild
+
+
+def test_without_a_static_busybox_guest_runs_skip_and_say_why_but_fail_in_ci(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(build, "BUSYBOX", tmp_path / "busybox")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="Debian package busybox-static"):
+        require_guest("6.12")
+    monkeypatch.setenv("CI", "true")
+    if os.geteuid() == 0:
+        with pytest.raises(pytest.fail.Exception, match="CI runs as root and must boot"):
+            require_guest("6.12")
 
 
 def test_only_a_static_executable_can_be_pid_1_of_the_initramfs(tmp_path: Path) -> None:

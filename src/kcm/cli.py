@@ -32,6 +32,7 @@ Usage:
                    [--num-cp-cores=<num>] [--node-selector=<key=value>]
                    [--reconcile-interval=<seconds>] [--example-workload]
   kcm install --install-dir=<dir> [--quiet]
+  kcm describe [--conf-dir=<dir>] [-o <format> | --output=<format>]
 """
 
 OPTIONS = """\
@@ -58,9 +59,11 @@ Options:
   --reconcile-interval=<seconds>
                         cluster-init: reconcile and discover period [default: 60].
   --example-workload    cluster-init: also print a Pod that asks for kcm.io/dataplane.
+  -o --output=<format>  describe: json (the seed's) or table [default: json].
 
 Environment:
-  KCM_PROC_FS           procfs to consult for PIDs; required by isolate and reconcile.
+  KCM_PROC_FS           procfs to consult for PIDs; required by isolate and reconcile
+                        (describe --output=table reads /proc without it).
   KCM_SYS_FS            sysfs to read the CPU topology from [default: /sys].
   KCM_LOCK_TIMEOUT      seconds to wait for, and at most hold, the state lock [default: 30];
                         isolate waits 10 times as long to release its CPU list.
@@ -68,6 +71,7 @@ Environment:
                         trust a state directory that group or others may write, or
                         (for isolate, reconcile, init) that another user owns.
   KCM_DEBUG=1           show a traceback on errors.
+  NO_COLOR              describe --output=table: no colour even on a terminal.
   NODE_NAME             discover: the node to advertise (in a pod: from spec.nodeName).
   KUBECONFIG            discover outside a pod: kubeconfig file(s) [default: ~/.kube/config].
   (CMK_PROC_FS and CMK_LOCK_TIMEOUT are read as aliases.)
@@ -86,7 +90,7 @@ HELP = USAGE + "\n" + OPTIONS
 VALUE_OPTIONS = {
     "init": {"--conf-dir", "--num-dp-cores", "--num-cp-cores", "--exclusive-mode"},
     "discover": {"--conf-dir", "--interval"},
-    "describe": {"--conf-dir"},
+    "describe": {"--conf-dir", "--output"},
     "reconcile": {"--conf-dir", "--interval"},
     "isolate": {"--conf-dir", "--pool"},
     "install": {"--install-dir"},
@@ -113,7 +117,10 @@ DEFAULTS = {
     "--namespace": "kcm",
     "--image": "kcm:latest",
     "--reconcile-interval": "60",
+    "--output": "json",
 }
+# Short spellings, as kubectl has them: -o table, -otable, -o=table.
+SHORT = {"describe": {"-o": "--output"}}
 REQUIRED = {"isolate": ("--pool",), "install": ("--install-dir",)}
 
 
@@ -158,6 +165,10 @@ def parse(argv: list[str]) -> Args:
         if token in ("-h", "--help") and args.command is None:
             args.subcommand = "help"
             return args
+        short = SHORT.get(sub, {}).get(token[:2])
+        if short is not None:  # "-o table" reads on as "--output table"
+            rest = token[2:]
+            token = short if not rest else f"{short}={rest.removeprefix('=')}"
         if token.startswith("--"):
             name, eq, value = token.partition("=")
             if name in values:
@@ -221,7 +232,13 @@ def dispatch(args: Args) -> int:
     if sub == "describe":
         from kcm import describe
 
-        sys.stdout.write(describe.describe(conf_dir))
+        output = args.get("--output")
+        if output == "json":
+            sys.stdout.write(describe.describe(conf_dir))
+        elif output == "table":
+            sys.stdout.write(describe.describe_table(conf_dir, colour=use_colour()))
+        else:
+            raise UsageError(f"--output={output!r} is not a format: json or table")
         return 0
     if sub == "init":
         from kcm import init
@@ -254,6 +271,15 @@ def dispatch(args: Args) -> int:
 
     options = {name: args.get(name) for name in VALUE_OPTIONS["cluster-init"]}
     return cluster.main(options, example_workload=args.flag("--example-workload"))
+
+
+def use_colour() -> bool:
+    """Colour only on a terminal, and never with NO_COLOR set (no-color.org) or TERM=dumb."""
+    return (
+        sys.stdout.isatty()
+        and not os.environ.get("NO_COLOR")
+        and os.environ.get("TERM", "") != "dumb"
+    )
 
 
 def one_line(message: str) -> str:

@@ -45,6 +45,21 @@ class Pool:
         return f"Pool({self.name!r}, {self.exclusive!r}, {self.cpu_lists!r})"
 
 
+# What holds a CPU list, as the table's STATE column and the metrics' ``state`` label name it
+# (the table prints ``_`` as a space). The seed knows one holder, the PIDs of the tasks file.
+# A later holder kind is one more name here and one more case in ``list_state``: once bookings
+# are held by cgroups, ``HELD_BY_LEFTOVERS = "held_by_leftovers"`` for a list whose tasks file
+# is empty while processes of its booking's cgroup live on, with the reader passing them in.
+FREE = "free"
+HELD = "held"
+LIST_STATES = (FREE, HELD)
+
+
+def list_state(cpu_list: CpuList) -> str:
+    """Whether a CPU list is free or held, by the only holder the state records yet: its tasks."""
+    return HELD if cpu_list.tasks else FREE
+
+
 def describe(path: str, pools: dict[str, Pool]) -> dict[str, object]:
     """The JSON document ``kcm describe`` prints (field names as in the seed)."""
     return {

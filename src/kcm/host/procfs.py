@@ -23,6 +23,43 @@ def proc_root(command: str) -> str:
     )
 
 
+def proc_root_or_default() -> str:
+    """``$KCM_PROC_FS`` (or ``$CMK_PROC_FS``) if set, else ``/proc``: for commands that only
+    read what procfs says of tasks (describe's table, metrics) and work without it too."""
+    for name in PROC_ENV:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return "/proc"
+
+
+def parse_uptime(text: str) -> float | None:
+    """Seconds since boot, the first field of ``/proc/uptime``; ``None`` if it is not one."""
+    first = text.split(maxsplit=1)[0] if text.strip() else ""
+    try:
+        value = float(first)
+    except ValueError:
+        return None
+    return value if 0 <= value < float("inf") else None
+
+
+def read_uptime(root: str) -> float | None:
+    """``<root>/uptime``'s seconds since boot, or ``None`` if it cannot be read."""
+    try:
+        with open(f"{root}/uptime", "rb") as f:
+            return parse_uptime(f.read(200).decode("ascii", "replace"))
+    except OSError:
+        return None
+
+
+def clock_ticks() -> int:
+    """Clock ticks per second, the unit of a stat's ``start_time`` (USER_HZ, 100 on Linux)."""
+    try:
+        return os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return 100
+
+
 class Stat:
     """The fields kcm and the SPP runner use from ``/proc/<pid>/stat``.
 

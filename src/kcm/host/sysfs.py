@@ -7,7 +7,10 @@ import os
 
 from kcm import cpulist
 from kcm.errors import EnvironmentProblem, ParseError, UsageError
-from kcm.topology import Core, Topology
+
+TYPE_CHECKING = False  # mypy treats this name as True
+if TYPE_CHECKING:
+    from kcm.topology import Topology
 
 
 def sys_root() -> str:
@@ -91,8 +94,21 @@ def _numa_nodes(root: str) -> tuple[dict[int, int], tuple[int, ...]]:
     return cpu_nodes, tuple(sorted(nodes))
 
 
+def read_numa_nodes(root: str) -> dict[int, int]:
+    """CPU -> NUMA node, from ``<root>/devices/system/node``; empty where sysfs shows no nodes
+    or cannot be read, which read-only views show as an unknown node rather than fail on."""
+    try:
+        return _numa_nodes(root)[0]
+    except EnvironmentProblem:
+        return {}
+
+
 def read_topology(root: str) -> Topology:
     """The topology of the host whose sysfs is mounted at ``root`` (what lscpu reads)."""
+    # Imported here: the topology's dataclasses cost ~10 ms that read_numa_nodes' callers
+    # (describe's table) do not need.
+    from kcm.topology import Core, Topology
+
     online = read_online_cpus(root)
     numa, nodes = _numa_nodes(root)
     seen: set[int] = set()

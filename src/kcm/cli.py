@@ -33,6 +33,7 @@ Usage:
                    [--reconcile-interval=<seconds>] [--example-workload]
   kcm install --install-dir=<dir> [--quiet]
   kcm describe [--conf-dir=<dir>] [-o <format> | --output=<format>]
+  kcm metrics [--conf-dir=<dir>] [--listen=<host:port> | --textfile=<dir>]
 """
 
 OPTIONS = """\
@@ -60,10 +61,14 @@ Options:
                         cluster-init: reconcile and discover period [default: 60].
   --example-workload    cluster-init: also print a Pod that asks for kcm.io/dataplane.
   -o --output=<format>  describe: json (the seed's) or table [default: json].
+  --listen=<host:port>  metrics: serve /metrics and /healthz there until SIGTERM
+                        (port 0 picks a free port; the address is logged on stderr).
+  --textfile=<dir>      metrics: write <dir>/kcm.prom atomically, for node_exporter's
+                        textfile collector.
 
 Environment:
   KCM_PROC_FS           procfs to consult for PIDs; required by isolate and reconcile
-                        (describe --output=table reads /proc without it).
+                        (describe --output=table and metrics read /proc without it).
   KCM_SYS_FS            sysfs to read the CPU topology from [default: /sys].
   KCM_LOCK_TIMEOUT      seconds to wait for, and at most hold, the state lock [default: 30];
                         isolate waits 10 times as long to release its CPU list.
@@ -81,6 +86,7 @@ Exit status:
   3 bad or missing state directory; 4 no free CPU list in the pool; 5 lock timeout;
   6 host problem (procfs, sysfs, too few cores, cannot pin, missing Python package);
   7 Kubernetes problem (no NODE_NAME, no credentials, API unreachable or refusing).
+  metrics: 6 also when it cannot listen on --listen's address or write --textfile's file.
   isolate exits with its command's status (128+N if the command was killed by signal N).
 """
 
@@ -94,6 +100,7 @@ VALUE_OPTIONS = {
     "reconcile": {"--conf-dir", "--interval"},
     "isolate": {"--conf-dir", "--pool"},
     "install": {"--install-dir"},
+    "metrics": {"--conf-dir", "--listen", "--textfile"},
     "cluster-init": {
         "--namespace",
         "--image",
@@ -240,6 +247,12 @@ def dispatch(args: Args) -> int:
         else:
             raise UsageError(f"--output={output!r} is not a format: json or table")
         return 0
+    if sub == "metrics":
+        from kcm import metrics
+
+        return metrics.main(
+            conf_dir, listen=args.options.get("--listen"), textfile=args.options.get("--textfile")
+        )
     if sub == "init":
         from kcm import init
 

@@ -7,6 +7,8 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from kcm import __version__
 from kcm.cli import HELP
 from tests.conftest import BIN, assert_one_error_line, kcm_env, run_kcm
@@ -67,6 +69,44 @@ def test_install_gives_a_standalone_kcm(tmp_path: Path) -> None:
         cwd="/",
     )
     assert (isolated.returncode, isolated.stdout) == (0, "infra\n"), isolated.stderr
+
+
+def test_standalone_kcm_prints_the_table(tmp_path: Path) -> None:
+    """The table needs none of our dependencies."""
+    target = tmp_path / "bin"
+    assert run_kcm("install", f"--install-dir={target}").code == 0
+    conf = build_state(str(tmp_path / "kcm"), SEED_STATE)
+    bare = {"PATH": "/usr/bin:/bin"}
+    table = subprocess.run(
+        [str(target / "kcm"), "describe", "-o", "table", f"--conf-dir={conf}"],
+        capture_output=True,
+        text=True,
+        env=bare,
+        cwd="/",
+    )
+    assert table.returncode == 0, table.stderr
+    assert table.stdout == run_kcm("describe", "-o", "table", f"--conf-dir={conf}").out
+
+
+def test_standalone_kcm_says_metrics_needs_prometheus_client(tmp_path: Path) -> None:
+    bare = {"PATH": "/usr/bin:/bin"}
+    check = ["python3", "-c", "import prometheus_client"]
+    if subprocess.run(check, env=bare, stderr=subprocess.DEVNULL).returncode == 0:
+        pytest.skip("this host's python3 has prometheus_client")
+    target = tmp_path / "bin"
+    assert run_kcm("install", f"--install-dir={target}").code == 0
+    conf = build_state(str(tmp_path / "kcm"), SEED_STATE)
+    metrics = subprocess.run(
+        [str(target / "kcm"), "metrics", f"--conf-dir={conf}"],
+        capture_output=True,
+        text=True,
+        env=bare,
+        cwd="/",
+    )
+    assert metrics.returncode == 6
+    assert metrics.stdout == ""
+    assert metrics.stderr.startswith("kcm: error: kcm metrics needs the Python package")
+    assert len(metrics.stderr.splitlines()) == 1
 
 
 def test_install_replaces_atomically_and_reinstalls_from_itself(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from tests.k8s.conftest import KCM, clean_env, kcm, run
 
-HEAVY = ("kubernetes", "yaml", "urllib3")
+HEAVY = ("kubernetes", "yaml", "urllib3", "prometheus_client")
 
 
 def imported(argv: list[str], env: dict[str, str]) -> tuple[int, set[str]]:
@@ -32,7 +32,9 @@ def state2(tmp_path: Path, sys2: str, home: Path) -> str:
     return conf
 
 
-def test_isolate_imports_neither_kubernetes_nor_yaml(state2: str, home: Path) -> None:
+def test_isolate_imports_neither_kubernetes_nor_yaml_nor_prometheus_client(
+    state2: str, home: Path
+) -> None:
     code, modules = imported(
         ["isolate", f"--conf-dir={state2}", "--pool=dataplane", "true"],
         clean_env(home, KCM_PROC_FS="/proc"),
@@ -44,8 +46,15 @@ def test_isolate_imports_neither_kubernetes_nor_yaml(state2: str, home: Path) ->
 
 @pytest.mark.parametrize(
     "argv",
-    [["--help"], ["discover", "--help"], ["describe"], ["reconcile"], ["init"]],
-    ids=["help", "discover-help", "describe", "reconcile", "init"],
+    [
+        ["--help"],
+        ["discover", "--help"],
+        ["describe"],
+        ["describe", "--output=table"],
+        ["reconcile"],
+        ["init"],
+    ],
+    ids=["help", "discover-help", "describe", "describe-table", "reconcile", "init"],
 )
 def test_other_local_commands_do_not_load_the_client(
     argv: list[str], state2: str, sys2: str, tmp_path: Path, home: Path
@@ -65,6 +74,16 @@ def test_cluster_init_loads_yaml_but_not_the_client(home: Path) -> None:
     assert code == 0
     assert "yaml" in modules
     assert "kubernetes" not in modules
+
+
+def test_metrics_loads_prometheus_client_but_not_the_kubernetes_client(
+    state2: str, home: Path
+) -> None:
+    """The checks above would see prometheus_client if it were loaded."""
+    code, modules = imported(["metrics", f"--conf-dir={state2}"], clean_env(home))
+    assert code == 0
+    assert "prometheus_client" in modules
+    assert not modules & {"kubernetes", "yaml"}
 
 
 def test_discover_does_load_the_client(state2: str, home: Path) -> None:

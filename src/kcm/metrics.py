@@ -1,0 +1,400 @@
+"""``kcm metrics``: the state as Prometheus metrics, printed once, served, or written as a textfile.
+
+The families are pure functions of a ``Snapshot`` (the pools read under describe's shared lock,
+and which recorded tasks still live); ``SOURCES`` lists them. Each metric that comes with later
+work is one more function there, fed by one more field of ``Snapshot`` that ``read_snapshot``
+fills in (see the report in the README's "Metrics" section for the planned ones).
+
+Uses the official ``prometheus_client`` for the families, the exposition format and the WSGI
+app; imported only by this command (``tests/k8s/test_imports.py`` checks it stays off the
+other commands' paths).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import TCPServer, ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from kcm import __version__, cpulist
+from kcm.describe import read_state, read_tasks
+from kcm.errors import EnvironmentProblem, KcmError, LockTimeoutError, UsageError
+from kcm.host.procfs import proc_root_or_default
+from kcm.model import FREE, LIST_STATES, Pool, list_state
+
+try:
+    from prometheus_client import (
+        CollectorRegistry,
+        Counter,
+        Histogram,
+        disable_created_metrics,
+        generate_latest,
+    )
+    from prometheus_client.core import GaugeMetricFamily, Metric
+    from prometheus_client.exposition import make_wsgi_app
+    from prometheus_client.registry import Collector
+except ImportError:  # the standalone kcm of ``kcm install`` carries kcm's modules only
+    raise EnvironmentProblem(
+        "kcm metrics needs the Python package 'prometheus_client' (pip install"
+        " prometheus_client); the standalone kcm written by kcm install does not carry it"
+    ) from None
+
+# No ``<name>_created`` series beside each counter and histogram: a process start time that
+# says nothing about the state, and doubles what a scrape carries.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+TEXTFILE = "kcm.prom"
+# Lock waits are microseconds when nothing writes and up to KCM_LOCK_TIMEOUT (30 s by default)
+# when a writer stalls; the buckets span both.
+LOCK_WAIT_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+class Snapshot:
+    """What one scrape read: the pools, and the PIDs among their tasks that a process holds."""
+
+    __slots__ = ("live", "pools")
+
+    def __init__(self, pools: dict[str, Pool], live: set[int]) -> None:
+        self.pools = pools
+        self.live = live
+
+
+def read_snapshot(conf_dir: str, proc_root: str, lock_wait: Histogram) -> Snapshot:
+    """The state under the shared lock (its wait observed in ``lock_wait``), then procfs."""
+    started = time.monotonic()
+    try:
+        read = read_state(conf_dir)
+    except LockTimeoutError:
+        lock_wait.observe(time.monotonic() - started)
+        raise
+    lock_wait.observe(read.lock_wait)
+    pids = [
+        pid for pool in read.pools.values() for cl in pool.cpu_lists.values() for pid in cl.tasks
+    ]
+    return Snapshot(read.pools, set(read_tasks(proc_root, pids)))
+
+
+# -- the families: pure functions of a snapshot ------------------------------------------------
+
+
+def _gauge(name: str, documentation: str, labels: list[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, labels=labels)
+
+
+def pool_families(snapshot: Snapshot) -> Iterator[Metric]:
+    """Per pool: CPUs, CPU lists, free and held lists, tasks, and whether it is exclusive."""
+    cpus = _gauge("kcm_pool_cpus", "CPUs in the pool's CPU lists.", ["pool"])
+    lists = _gauge("kcm_pool_cpu_lists", "CPU lists in the pool.", ["pool"])
+    free = _gauge("kcm_pool_cpu_lists_free", "CPU lists of the pool that nothing holds.", ["pool"])
+    held = _gauge(
+        "kcm_pool_cpu_lists_held",
+        "CPU lists of the pool that are held (kcm_pool_cpu_lists minus the free ones).",
+        ["pool"],
+    )
+    tasks = _gauge("kcm_pool_tasks", "Tasks recorded on the pool's CPU lists.", ["pool"])
+    exclusive = _gauge(
+        "kcm_pool_exclusive",
+        "1 if the pool is exclusive (a CPU list runs one task), 0 if it is shared.",
+        ["pool"],
+    )
+    for name in sorted(snapshot.pools):
+        pool = snapshot.pools[name]
+        all_cpus: set[int] = set()
+        n_free = n_tasks = 0
+        for cl in pool.cpu_lists.values():
+            all_cpus |= cpulist.parse(cl.cpus)
+            n_free += list_state(cl) == FREE
+            n_tasks += len(cl.tasks)
+        cpus.add_metric([name], len(all_cpus))
+        lists.add_metric([name], len(pool.cpu_lists))
+        free.add_metric([name], n_free)
+        held.add_metric([name], len(pool.cpu_lists) - n_free)
+        tasks.add_metric([name], n_tasks)
+        exclusive.add_metric([name], 1 if pool.exclusive else 0)
+    yield from (cpus, lists, free, held, tasks, exclusive)
+
+
+def cpu_list_families(snapshot: Snapshot) -> Iterator[Metric]:
+    """Per CPU list: its tasks, the ones whose process is gone, and its state as a state set."""
+    labels = ["pool", "cpus"]
+    tasks = _gauge("kcm_cpu_list_tasks", "Tasks recorded on the CPU list.", labels)
+    stale = _gauge(
+        "kcm_cpu_list_stale_tasks",
+        "Tasks recorded on the CPU list whose process is gone (kcm reconcile removes them).",
+        labels,
+    )
+    state = _gauge(
+        "kcm_cpu_list_state",
+        "1 for the CPU list's state (free, held), 0 for the other states.",
+        [*labels, "state"],
+    )
+    for name in sorted(snapshot.pools):
+        for key in sorted(snapshot.pools[name].cpu_lists):
+            cl = snapshot.pools[name].cpu_lists[key]
+            tasks.add_metric([name, cl.cpus], len(cl.tasks))
+            stale.add_metric([name, cl.cpus], sum(pid not in snapshot.live for pid in cl.tasks))
+            current = list_state(cl)
+            for each in LIST_STATES:
+                state.add_metric([name, cl.cpus, each], 1 if each == current else 0)
+    yield from (tasks, stale, state)
+
+
+# Each takes a snapshot and yields families. Planned additions, each one function here and the
+# field of Snapshot that feeds it: bookings held by leftovers (the processes of a booking's
+# cgroup whose root task is gone), reconcile passes and PIDs freed (totals the reconcile loop
+# records), and the shield's state and intruders per dataplane CPU (once the fence exists).
+SOURCES: tuple[Callable[[Snapshot], Iterable[Metric]], ...] = (pool_families, cpu_list_families)
+
+
+class StateCollector(Collector):
+    """A ``prometheus_client`` collector that reads the state afresh on every ``collect``.
+
+    ``strict`` (printing once, writing a textfile) lets a state error end the command; serving,
+    a failed read is logged, counted, and reported as ``kcm_state_up 0``, and the server goes
+    on.
+    """
+
+    def __init__(self, conf_dir: str, proc_root: str, *, strict: bool) -> None:
+        self.conf_dir = conf_dir
+        self.proc_root = proc_root
+        self.strict = strict
+        # Not registered anywhere: collect() yields them after the read they measure.
+        self.lock_wait = Histogram(
+            "kcm_lock_wait_seconds",
+            "Time this exporter waited for the state's shared lock, per read of the state.",
+            buckets=LOCK_WAIT_BUCKETS,
+            registry=None,
+        )
+        self.read_errors = Counter(
+            "kcm_state_read_errors",
+            "Reads of the state directory that failed (the error is logged on stderr).",
+            registry=None,
+        )
+        self._guard = threading.Lock()  # one read at a time; concurrent scrapes queue
+
+    def collect(self) -> Iterator[Metric]:
+        with self._guard:
+            try:
+                snapshot: Snapshot | None = read_snapshot(
+                    self.conf_dir, self.proc_root, self.lock_wait
+                )
+            except KcmError as e:
+                if self.strict:
+                    raise
+                self.read_errors.inc()
+                log(f"error: {e.message}")
+                snapshot = None
+            families: list[Metric] = []
+            if snapshot is not None:
+                for source in SOURCES:
+                    families.extend(source(snapshot))
+            up = _gauge("kcm_state_up", "1 if the last read of the state succeeded, else 0.", [])
+            up.add_metric([], 1 if snapshot is not None else 0)
+            info = _gauge("kcm_build_info", "The running kcm's version; always 1.", ["version"])
+            info.add_metric([__version__], 1)
+            families += [up, info, *self.lock_wait.collect(), *self.read_errors.collect()]
+        yield from families
+
+
+def log(line: str) -> None:
+    print(f"kcm metrics: {line}", file=sys.stderr, flush=True)
+
+
+def registry_for(collector: StateCollector) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return registry
+
+
+def exposition(conf_dir: str) -> bytes:
+    """The metrics of ``conf_dir`` once, in the Prometheus text format; state errors raise."""
+    collector = StateCollector(conf_dir, proc_root_or_default(), strict=True)
+    return generate_latest(registry_for(collector))
+
+
+# -- the textfile ------------------------------------------------------------------------------
+
+
+def write_textfile(directory: str, data: bytes) -> str:
+    """Replace ``<directory>/kcm.prom`` with ``data``: temp file, fsync, rename, fsync the dir.
+
+    The temp file's name does not end in ``.prom``, so node_exporter's textfile collector never
+    reads it; a failure removes it, and the old ``kcm.prom`` (if any) stays as it was.
+    """
+    path = os.path.join(directory, TEXTFILE)
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise EnvironmentProblem(f"cannot write {path}: {directory}: {e.strerror}") from None
+    tmp = f".{TEXTFILE}.{os.getpid()}.tmp"
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(tmp, flags, 0o644, dir_fd=dir_fd)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fchmod(fd, 0o644)  # readable by node_exporter whatever the umask
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, TEXTFILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=dir_fd)
+            except OSError:
+                pass
+            raise
+        os.fsync(dir_fd)
+    except OSError as e:
+        raise EnvironmentProblem(f"cannot write {path}: {e.strerror}") from None
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+# -- serving -----------------------------------------------------------------------------------
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``:port`` (every IPv4 address); port 0 picks a free one."""
+    host, colon, port = text.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    # An IPv6 address needs its brackets: in "::1:9545" the port cannot be told apart.
+    if (
+        not colon
+        or (":" in host and not bracketed)
+        or not (port.isascii() and port.isdigit())
+        or len(port) > 5
+    ):
+        raise UsageError(
+            f"--listen={text!r} is not <host>:<port> (for example 127.0.0.1:9545, :9545 or"
+            " [::1]:9545)"
+        )
+    if int(port) > 65535:
+        raise UsageError(f"--listen={text!r}: port {port} is not from 0 to 65535")
+    if any(c.isspace() or c in "/[]" for c in host):
+        raise UsageError(f"--listen={text!r}: {host!r} is not a host name or address")
+    return host or "0.0.0.0", int(port)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # no line per scrape: Prometheus scrapes every few seconds
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host's FQDN, a DNS lookup that can hang for
+        # seconds on a node without DNS; the WSGI environment only needs a name.
+        TCPServer.server_bind(self)
+        self.server_name = str(self.server_address[0])
+        self.server_port = self.server_address[1]
+        self.setup_environ()
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+def web_app(registry: CollectorRegistry) -> Callable[..., Iterable[bytes]]:
+    """``/metrics`` (prometheus_client's app), ``/healthz`` (``ok`` while serving), else 404."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            result: Iterable[bytes] = metrics(environ, start_response)
+            return result
+        text = [("Content-Type", "text/plain; charset=utf-8")]
+        if path == "/healthz":
+            start_response("200 OK", text)
+            return [b"ok\n"]
+        start_response("404 Not Found", text)
+        return [b"not found: kcm serves /metrics and /healthz\n"]
+
+    return app
+
+
+def serve(conf_dir: str, listen: str) -> int:
+    """Serve ``/metrics`` and ``/healthz`` on ``listen`` until SIGTERM or SIGINT; exit 0 then."""
+    import signal
+
+    host, port = parse_listen(listen)
+    collector = StateCollector(conf_dir, proc_root_or_default(), strict=False)
+    registry = registry_for(collector)
+    from prometheus_client import ProcessCollector
+
+    ProcessCollector(registry=registry)  # the exporter's own CPU, memory and open files
+    server_class = _Server6 if ":" in host else _Server
+    try:
+        server = make_server(
+            host, port, web_app(registry), server_class=server_class, handler_class=_QuietHandler
+        )
+    except OSError as e:
+        raise EnvironmentProblem(f"cannot listen on {listen}: {e.strerror or e}") from None
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    thread = threading.Thread(target=server.serve_forever, name="kcm-metrics", daemon=True)
+    try:
+        thread.start()
+        shown = f"[{host}]" if ":" in host else host
+        log(f"serving http://{shown}:{server.server_port}/metrics and /healthz")
+        while not stop.wait(3600):
+            pass
+        log("stopping")
+        server.shutdown()
+        return 0
+    finally:
+        server.server_close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(conf_dir: str, *, listen: str | None, textfile: str | None) -> int:
+    """``kcm metrics``: print once, write ``--textfile``'s file, or serve on ``--listen``."""
+    if listen is not None and textfile is not None:
+        raise UsageError("kcm metrics takes --listen or --textfile, not both")
+    if listen is not None:
+        return serve(conf_dir, listen)
+    if textfile is not None and not textfile:
+        raise UsageError("--textfile must not be empty")
+    data = exposition(conf_dir)  # read everything before writing anything
+    if textfile is not None:
+        write_textfile(textfile, data)
+    else:
+        sys.stdout.write(data.decode("utf-8"))
+    return 0

@@ -103,7 +103,7 @@ def test_cluster_role_grants_only_what_discover_uses(home: Path) -> None:
     ]
 
 
-def test_daemon_set_runs_init_install_discover_then_the_two_loops(home: Path) -> None:
+def test_daemon_set_runs_init_install_discover_then_the_loops_and_metrics(home: Path) -> None:
     docs = cluster_init(
         home,
         "--namespace=nfv",
@@ -141,6 +141,7 @@ def test_daemon_set_runs_init_install_discover_then_the_two_loops(home: Path) ->
     assert [(c["name"], c["command"]) for c in spec["containers"]] == [
         ("reconcile", ["kcm", "reconcile", "--conf-dir=/etc/kcm", "--interval=15"]),
         ("discover", ["kcm", "discover", "--conf-dir=/etc/kcm", "--interval=15"]),
+        ("metrics", ["kcm", "metrics", "--conf-dir=/etc/kcm", "--listen=0.0.0.0:9545"]),
     ]
     volumes = {v["name"]: v["hostPath"] for v in spec["volumes"]}
     assert volumes == {
@@ -185,6 +186,32 @@ def test_daemon_set_runs_init_install_discover_then_the_two_loops(home: Path) ->
     assert {"key": "kcm.io/dataplane", "operator": "Exists", "effect": "NoSchedule"} in spec[
         "tolerations"
     ]
+
+
+def test_metrics_endpoint_is_a_named_port_with_scrape_annotations(home: Path) -> None:
+    ds = by_kind(cluster_init(home), "DaemonSet")
+    template = ds["spec"]["template"]
+    (metrics,) = [c for c in template["spec"]["containers"] if c["name"] == "metrics"]
+    assert metrics["ports"] == [{"name": "metrics", "containerPort": 9545, "protocol": "TCP"}]
+    # The address the command listens on is the port the manifest names and annotates.
+    listen = next(a for a in metrics["command"] if a.startswith("--listen="))
+    assert listen == "--listen=0.0.0.0:9545"
+    assert template["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "9545",
+        "prometheus.io/path": "/metrics",
+    }
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert metrics[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    # It only reads: the state and the host's /proc are mounted read-only, nothing else.
+    assert metrics["volumeMounts"] == [
+        {"name": "kcm-state", "mountPath": "/etc/kcm", "readOnly": True},
+        {"name": "host-proc", "mountPath": "/host/proc", "readOnly": True},
+    ]
+    assert {"name": "KCM_PROC_FS", "value": "/host/proc"} in metrics["env"]
+    assert metrics["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert metrics["securityContext"]["readOnlyRootFilesystem"] is True
+    assert metrics["securityContext"]["privileged"] is False
 
 
 def test_example_workload_asks_for_one_dataplane_list_without_a_token(home: Path) -> None:

@@ -14,12 +14,18 @@ command -v hyperfine >/dev/null || need+=(hyperfine)
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' \
     || need+=(busybox-static)
+# promtool lints kcm's metrics and evaluates contrib/prometheus' alerting rules.
+command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "setup: installing ${need[*]}" >&2
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+        # Only promtool is wanted: never leave the Prometheus server of the package running.
+        if [ -d /run/systemd/system ] && [[ " ${need[*]} " == *" prometheus "* ]]; then
+            systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+        fi
     else
         echo "setup: missing ${need[*]} (install them, or run as root); tests needing them skip" >&2
     fi

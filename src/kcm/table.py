@@ -90,7 +90,15 @@ def numa_cell(cpus: str, numa_of: dict[int, int]) -> str:
     """The NUMA node(s) of a list's CPUs in cpu-list form (``0``, ``0-1``); ``-`` if unknown."""
     if not numa_of:
         return UNKNOWN_NUMA
-    nodes = {numa_of[cpu] for cpu in cpulist.parse(cpus) if cpu in numa_of}
+    nodes: set[int] = set()
+    for part in cpus.split(","):
+        first, _, last = part.partition("-")
+        # The state reader has checked the name parses; int() is all that is left to do.
+        for cpu in range(int(first), int(last or first) + 1):
+            nodes.add(numa_of.get(cpu, -1))
+    nodes.discard(-1)
+    if len(nodes) == 1:  # the usual case, without format's sorting
+        return str(nodes.pop())
     return cpulist.format(nodes) if nodes else UNKNOWN_NUMA
 
 
@@ -152,17 +160,26 @@ def render(table: Iterable[tuple[str, ...]], *, colour: bool = False) -> str:
     table = list(table)
     if not table:
         return ""
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    widths = [max(map(len, column)) for column in zip(*table, strict=True)]
+    # One format per number of cells a row prints (its trailing empty cells are dropped):
+    # every column but that row's last padded to its width.
+    formats = [
+        "  ".join([*(f"{{:<{w}}}" for w in widths[: end - 1]), "{}"]) if end else ""
+        for end in range(len(widths) + 1)
+    ]
     lines = []
     for n, row in enumerate(table):
         end = len(row)
         while end and not row[end - 1]:
             end -= 1
+        if not colour:
+            lines.append(formats[end].format(*row[:end]))
+            continue
         cells = []
         for i in range(end):
             cell = row[i]
             text = cell if i == end - 1 else cell.ljust(widths[i])
-            if colour and cell:
+            if cell:
                 if n == 0:
                     text = f"{_BOLD}{text}{_RESET}"
                 elif i == 4 and cell in _STATE_COLOURS:

@@ -3,7 +3,7 @@
 The families are pure functions of a ``Snapshot`` (the pools read under describe's shared lock,
 and which recorded tasks still live); ``SOURCES`` lists them. Each metric that comes with later
 work is one more function there, fed by one more field of ``Snapshot`` that ``read_snapshot``
-fills in (see the report in the README's "Metrics" section for the planned ones).
+fills in (the planned ones are listed above ``SOURCES``).
 
 Uses the official ``prometheus_client`` for the families, the exposition format and the WSGI
 app; imported only by this command (``tests/k8s/test_imports.py`` checks it stays off the
@@ -27,6 +27,7 @@ from kcm.describe import read_state, read_tasks
 from kcm.errors import EnvironmentProblem, KcmError, LockTimeoutError, UsageError
 from kcm.host.procfs import proc_root_or_default
 from kcm.model import FREE, LIST_STATES, Pool, list_state
+from kcm.state import lock_timeout
 
 try:
     from prometheus_client import (
@@ -388,6 +389,7 @@ def main(conf_dir: str, *, listen: str | None, textfile: str | None) -> int:
     """``kcm metrics``: print once, write ``--textfile``'s file, or serve on ``--listen``."""
     if listen is not None and textfile is not None:
         raise UsageError("kcm metrics takes --listen or --textfile, not both")
+    lock_timeout()  # a bad KCM_LOCK_TIMEOUT is a usage error now, not one per scrape
     if listen is not None:
         return serve(conf_dir, listen)
     if textfile is not None and not textfile:

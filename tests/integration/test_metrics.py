@@ -369,6 +369,28 @@ def test_a_bad_listen_address_is_a_usage_error(state2: str, listen: str, message
     assert (result.code, result.out) == (2, "")
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--textfile="], "--textfile must not be empty"),
+        (["--listen="], "--listen='' is not <host>:<port>"),
+        (["--output=table"], "kcm metrics has no option '--output=table'"),
+        (["now"], "unexpected argument 'now'"),
+    ],
+)
+def test_other_usage_errors(state2: str, args: list[str], message: str) -> None:
+    result = run_kcm("metrics", f"--conf-dir={state2}", *args)
+    assert_one_error_line(result, message)
+    assert (result.code, result.out) == (2, "")
+
+
+def test_a_bad_lock_timeout_stops_the_server_before_it_starts(state2: str) -> None:
+    env = kcm_env(KCM_LOCK_TIMEOUT="soon")
+    result = run_kcm("metrics", f"--conf-dir={state2}", "--listen=127.0.0.1:0", env=env)
+    assert_one_error_line(result, "KCM_LOCK_TIMEOUT='soon' is not a positive number")
+    assert result.code == 2
+
+
 def test_a_port_in_use_is_one_line_and_exit_6(state2: str) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

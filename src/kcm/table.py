@@ -9,6 +9,8 @@ has every PID. Reading the state, sysfs and procfs is ``kcm.describe``'s job.
 
 from __future__ import annotations
 
+from itertools import starmap
+
 from kcm import cpulist
 from kcm.model import FREE, HELD, Pool, list_state
 
@@ -90,12 +92,14 @@ def numa_cell(cpus: str, numa_of: dict[int, int]) -> str:
     """The NUMA node(s) of a list's CPUs in cpu-list form (``0``, ``0-1``); ``-`` if unknown."""
     if not numa_of:
         return UNKNOWN_NUMA
-    nodes: set[int] = set()
-    for part in cpus.split(","):
-        first, _, last = part.partition("-")
-        # The state reader has checked the name parses; int() is all that is left to do.
-        for cpu in range(int(first), int(last or first) + 1):
-            nodes.add(numa_of.get(cpu, -1))
+    # The state reader has checked the name parses; int() is all that is left to do.
+    if "-" in cpus:
+        nodes: set[int] = set()
+        for part in cpus.split(","):
+            first, _, last = part.partition("-")
+            nodes.update(numa_of.get(cpu, -1) for cpu in range(int(first), int(last or first) + 1))
+    else:  # a list of single CPUs, as every list of one core is
+        nodes = {numa_of.get(int(cpu), -1) for cpu in cpus.split(",")}
     nodes.discard(-1)
     if len(nodes) == 1:  # the usual case, without format's sorting
         return str(nodes.pop())
@@ -161,20 +165,16 @@ def render(table: Iterable[tuple[str, ...]], *, colour: bool = False) -> str:
     if not table:
         return ""
     widths = [max(map(len, column)) for column in zip(*table, strict=True)]
-    # One format per number of cells a row prints (its trailing empty cells are dropped):
-    # every column but that row's last padded to its width.
-    formats = [
-        "  ".join([*(f"{{:<{w}}}" for w in widths[: end - 1]), "{}"]) if end else ""
-        for end in range(len(widths) + 1)
-    ]
+    if not colour:
+        # Every cell padded, then the blanks after a row's last cell stripped: no cell ends
+        # in a blank where it matters (AGE never does, and it ends every row with a task).
+        padded = "  ".join(f"{{:<{w}}}" for w in widths)
+        return "\n".join([line.rstrip() for line in starmap(padded.format, table)]) + "\n"
     lines = []
     for n, row in enumerate(table):
         end = len(row)
         while end and not row[end - 1]:
             end -= 1
-        if not colour:
-            lines.append(formats[end].format(*row[:end]))
-            continue
         cells = []
         for i in range(end):
             cell = row[i]

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+TABLE = "kcm describe -o table (same state)"
 
 
 def make_venv(where: Path) -> Path:
@@ -87,6 +88,18 @@ def build_big_state(where: Path) -> str:
     return str(conf)
 
 
+def build_big_sysfs(where: Path) -> str:
+    """The NUMA nodes of the big state's machine: two sockets of 256 cores, two threads each,
+    numbered as Linux does (first threads 0-511, their siblings 512-1023). Only the node files:
+    they are all the table reads of sysfs."""
+    root = where / "big-sys"
+    for node, cpus in ((0, "0-255,512-767"), (1, "256-511,768-1023")):
+        node_dir = root / f"devices/system/node/node{node}"
+        node_dir.mkdir(parents=True)
+        (node_dir / "cpulist").write_text(f"{cpus}\n")
+    return str(root)
+
+
 def spawn_time(argv: list[str], env: dict[str, str]) -> float:
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
@@ -123,7 +136,9 @@ def main() -> int:
         kcm = str(bin_dir / "kcm")
         conf = build_isolate_state(bin_dir, where)
         big = build_big_state(where)
-        env = {**os.environ, "KCM_PROC_FS": "/proc"}
+        # The table looks its tasks up in the real /proc: the generated PIDs are (almost all)
+        # not running, so each costs a failed lookup, the common case of a state with leftovers.
+        env = {**os.environ, "KCM_PROC_FS": "/proc", "KCM_SYS_FS": build_big_sysfs(where)}
         taskset = subprocess.run(["which", "taskset"], capture_output=True, text=True).stdout
         true = subprocess.run(["which", "true"], capture_output=True, text=True).stdout.strip()
         medians = measure(
@@ -142,6 +157,7 @@ def main() -> int:
                     "describe",
                     f"--conf-dir={big}",
                 ],
+                TABLE: [kcm, "describe", "-o", "table", f"--conf-dir={big}"],
             },
             env,
             options.rounds,
@@ -158,10 +174,12 @@ def main() -> int:
         print(f"| `{name}` | {ms:.2f} | {ms / base:.2f}x |")
     isolate = medians["kcm isolate --pool=infra true"] / base
     describe = medians["kcm describe (1024 CPUs, 512 lists, 10,000 tasks)"] / base
+    table = medians[TABLE] / base
     print()
     print(
         f"isolate {isolate:.2f}x (target <= 1.5x): {'met' if isolate <= 1.5 else 'MISSED'};"
-        f" describe {describe:.2f}x (target <= 3x): {'met' if describe <= 3 else 'MISSED'}"
+        f" describe {describe:.2f}x (target <= 3x): {'met' if describe <= 3 else 'MISSED'};"
+        f" describe -o table {table:.2f}x (target <= 3x): {'met' if table <= 3 else 'MISSED'}"
     )
     return 0
 

@@ -253,6 +253,10 @@ def write_textfile(directory: str, data: bytes) -> str:
         raise EnvironmentProblem(f"cannot write {path}: {directory}: {e.strerror}") from None
     tmp = f".{TEXTFILE}.{os.getpid()}.tmp"
     try:
+        try:  # only a killed writer that had this PID can have left one
+            os.unlink(tmp, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(tmp, flags, 0o644, dir_fd=dir_fd)
         try:

@@ -89,8 +89,7 @@ def _numa_nodes(root: str) -> tuple[dict[int, int], tuple[int, ...]]:
         if os.path.exists(path):
             node = int(name[4:])
             nodes.append(node)
-            for cpu in _read_cpus(path):
-                cpu_nodes[cpu] = node
+            cpu_nodes.update(dict.fromkeys(_read_cpus(path), node))
     return cpu_nodes, tuple(sorted(nodes))
 
 

@@ -61,17 +61,17 @@ def read_tasks(proc_root: str, pids: list[int]) -> dict[int, TaskInfo]:
     from kcm.host import procfs
     from kcm.table import TaskInfo
 
-    present: set[str] | None = None
+    present: set[int] | None = None
     if len(pids) > _LIST_PROC_ABOVE:
         try:
-            present = set(os.listdir(proc_root))
+            present = {int(name) for name in os.listdir(proc_root) if name.isdigit()}
         except OSError:
             present = None
     uptime = procfs.read_uptime(proc_root)
     ticks = procfs.clock_ticks()
     found: dict[int, TaskInfo] = {}
     for pid in pids:
-        if present is not None and str(pid) not in present:
+        if present is not None and pid not in present:
             continue
         try:
             stat = procfs.read_stat(proc_root, pid)

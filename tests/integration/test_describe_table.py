@@ -239,3 +239,21 @@ def test_a_procfs_without_the_tasks_shows_them_as_gone(
     )
     assert out.code == 0, out.err
     assert {tuple(line.split()[-2:]) for line in out.out.splitlines()[1:]} == {("?", "?")}
+
+
+def test_past_64_tasks_one_listing_of_proc_finds_the_live_ones(
+    tmp_path: Path, sys2: str, sleepers: list[subprocess.Popen[bytes]]
+) -> None:
+    """Over 64 PIDs to show, the table lists /proc once instead of a lookup per PID."""
+    a, b = sleepers
+    gone = dead_pid()
+    lists = {str(cpu): str(gone) for cpu in range(2, 70)}
+    lists["0"] = str(a.pid)
+    lists["1"] = str(b.pid)
+    conf = build_state(str(tmp_path / "kcm"), {"dataplane": (True, lists)})
+    out = run_kcm("describe", "-o", "table", f"--conf-dir={conf}", env=kcm_env(KCM_SYS_FS=sys2))
+    assert out.code == 0, out.err
+    commands = {line.split()[2]: line.split()[6] for line in out.out.splitlines()[1:]}
+    assert len(commands) == 70
+    assert (commands["0"], commands["1"]) == ("sleep", "sleep")
+    assert {commands[str(cpu)] for cpu in range(2, 70)} == {"?"}

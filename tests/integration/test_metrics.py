@@ -75,7 +75,7 @@ def expected_from_disk(conf: str) -> Samples:
         out[("kcm_pool_cpu_lists_free", p)] = len(lists) - held
         out[("kcm_pool_cpu_lists_held", p)] = held
         out[("kcm_pool_exclusive", p)] = 1 if state[pool] else 0
-        out[("kcm_pool_tasks", p)] = sum(len(t) for t in lists.values())  # type: ignore[arg-type]
+        out[("kcm_pool_tasks", p)] = sum(len(t) for t in lists.values() if isinstance(t, list))
         for name, tasks in lists.items():
             assert isinstance(tasks, list)
             labels = (("cpus", name), ("pool", pool))

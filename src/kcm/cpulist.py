@@ -47,6 +47,46 @@ def parse(text: str) -> frozenset[int]:
     return frozenset(cpus)
 
 
+def parse_name(text: str) -> frozenset[int]:
+    """The CPUs a CPU list directory's name gives, held to the strict form kcm and CMK write.
+
+    Digits without leading zeros, ranges ``a-b`` with ``a < b``, no whitespace, no empty
+    element, no CPU named twice: so two names of one pool can never spell the same CPUs
+    differently (``1``, ``01``, ``1-1``, ``1,1``). Any order is fine: CMK wrote ``2,6,1,5``.
+    """
+    if not text:
+        raise ParseError("an empty name names no CPUs")
+    cpus: set[int] = set()
+    named = 0
+    for part in text.split(","):
+        first, dash, last = part.partition("-")
+        lo = _name_cpu(first, part)
+        if not dash:
+            cpus.add(lo)
+            named += 1
+            continue
+        hi = _name_cpu(last, part)
+        if hi <= lo:
+            raise ParseError(f"range {part!r} does not run from a lower to a higher CPU")
+        cpus.update(range(lo, hi + 1))
+        named += hi - lo + 1
+    if len(cpus) != named:
+        raise ParseError(f"{text!r} names a CPU twice")
+    return frozenset(cpus)
+
+
+def _name_cpu(text: str, part: str) -> int:
+    if not (text.isdigit() and text.isascii()):
+        what = "an empty element" if not part else f"{part!r} is not a CPU or a range of CPUs"
+        raise ParseError(what)
+    if text[0] == "0" and len(text) > 1:
+        raise ParseError(f"{text!r} has a leading zero")
+    if len(text) > len(str(MAX_CPU)) or int(text) >= MAX_CPU:
+        shown = text if len(text) <= 20 else f"{text[:10]}... ({len(text)} digits)"
+        raise ParseError(f"CPU {shown} is out of range")
+    return int(text)
+
+
 def format(cpus: Iterable[int]) -> str:
     """The canonical cpu-list string of ``cpus``: ascending, runs of 3+ written as ranges.
 

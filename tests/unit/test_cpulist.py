@@ -106,3 +106,69 @@ def test_a_negative_mask_too_long_for_str_is_a_parse_error() -> None:
 def test_mask_examples() -> None:
     assert cpulist.from_mask(0x0C) == {2, 3}
     assert cpulist.to_mask({8, 9}) == 0x300
+
+
+# -- CPU list directory names: the strict form ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "cpus"),
+    [
+        ("0", {0}),
+        ("4,12", {4, 12}),
+        ("0-2,8-10", {0, 1, 2, 8, 9, 10}),
+        ("0-1", {0, 1}),
+        ("0,1", {0, 1}),
+        ("2,6,1,5", {1, 2, 5, 6}),  # CMK wrote lists in this order
+        ("1,0", {0, 1}),
+        ("10-11,3", {3, 10, 11}),
+        ("65535", {65535}),
+    ],
+)
+def test_list_names_kcm_and_cmk_write(name: str, cpus: set[int]) -> None:
+    assert cpulist.parse_name(name) == cpus
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("", "names no CPUs"),
+        ("01", "leading zero"),
+        ("00", "leading zero"),
+        ("1-01", "leading zero"),
+        ("1-1", "does not run from a lower to a higher CPU"),
+        ("2-1", "does not run from a lower to a higher CPU"),
+        ("1,1", "names a CPU twice"),
+        ("0-2,1", "names a CPU twice"),
+        ("1,0-1", "names a CPU twice"),
+        (" 1", "not a CPU"),
+        ("1 ", "not a CPU"),
+        ("1,", "empty element"),
+        (",1", "empty element"),
+        ("1,,2", "empty element"),
+        ("1-", "not a CPU"),
+        ("-1", "not a CPU"),
+        ("1-2-3", "not a CPU"),
+        ("+1", "not a CPU"),
+        ("\u0661", "not a CPU"),  # a digit, but not an ASCII one
+        ("65536", "out of range"),
+        ("9" * 5000, "out of range"),
+    ],
+)
+def test_list_names_that_are_refused(name: str, why: str) -> None:
+    with pytest.raises(ParseError, match=why):
+        cpulist.parse_name(name)
+
+
+@given(st.frozensets(st.integers(min_value=0, max_value=300), min_size=1))
+def test_every_formatted_list_is_a_name(cpus: frozenset[int]) -> None:
+    assert cpulist.parse_name(cpulist.format(cpus)) == cpus
+
+
+@given(st.text(alphabet="0123456789,- x\n", max_size=30))
+def test_a_name_is_a_cpu_list_that_parse_reads_alike(text: str) -> None:
+    try:
+        cpus = cpulist.parse_name(text)
+    except ParseError:
+        return
+    assert cpulist.parse(text) == cpus

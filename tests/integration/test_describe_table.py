@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import KCM, assert_one_error_line, kcm_env, run_kcm
-from tests.fixtures.procfs import SEED_TASKS, SEED_UPTIME, build_procfs
+from tests.fixtures.procfs import SEED_TASKS, SEED_UPTIME, build_aged_procfs
 from tests.fixtures.state import SEED_STATE, build_state, snapshot, tree
 from tests.fixtures.sysfs import SEED_16, build_sysfs, ht_box
 
@@ -26,7 +26,7 @@ def seed_host(tmp_path: Path) -> tuple[str, dict[str, str]]:
     """The seeds' example state, its 16-CPU machine (one NUMA node) and what runs on it."""
     conf = build_state(str(tmp_path / "kcm"), SEED_STATE)
     sys_root = build_sysfs(str(tmp_path / "sys"), SEED_16, numa={0: list(range(16))})
-    proc_root = build_procfs(str(tmp_path / "proc"), SEED_UPTIME, SEED_TASKS)
+    proc_root = build_aged_procfs(str(tmp_path / "proc"), SEED_UPTIME, SEED_TASKS)
     return conf, kcm_env(KCM_SYS_FS=sys_root, KCM_PROC_FS=proc_root)
 
 

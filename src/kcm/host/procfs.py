@@ -10,6 +10,10 @@ import os
 from kcm.errors import EnvironmentProblem, ParseError
 
 PROC_ENV = ("KCM_PROC_FS", "CMK_PROC_FS")
+ALLOW_PID_NAMESPACE = "KCM_ALLOW_PID_NAMESPACE"
+# The host's PID 2 is the kernel's thread creator, whose parent is 0. A PID namespace shows no
+# kernel threads: its PID 2, if any, is a process of the namespace.
+KTHREADD = "kthreadd"
 
 
 def proc_root(command: str) -> str:
@@ -58,6 +62,33 @@ def clock_ticks() -> int:
         return os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError):
         return 100
+
+
+def require_host_pid_namespace(root: str) -> None:
+    """Refuse a procfs of another PID namespace than the host's, unless allowed.
+
+    The PIDs kcm records are read from ``root``; one of a PID namespace names a process the
+    host (and every other kcm) knows by another PID, so a reconcile would free a live task's
+    list and another isolate book it again. One small read: ``<root>/2/stat``.
+    """
+    if os.environ.get(ALLOW_PID_NAMESPACE) == "1":
+        return
+    path = f"{root}/2/stat"
+    try:
+        with open(path, "rb") as f:
+            stat: Stat | None = parse_stat(f.read(4096).decode("utf-8", "replace"))
+    except (OSError, ParseError):
+        stat = None
+    if stat is not None and stat.comm == KTHREADD and stat.ppid == 0:
+        return
+    found = "it does not exist" if stat is None else f"it is {stat.comm!r}, parent {stat.ppid}"
+    raise EnvironmentProblem(
+        f"the procfs {root} is not the host's PID namespace ({root}/2 is not the kernel thread"
+        f" {KTHREADD}: {found}), so the PIDs kcm would record there are not the host's: run kcm"
+        " in the host's PID namespace or point KCM_PROC_FS at the host's /proc (in a container,"
+        f" mount it there), or set {ALLOW_PID_NAMESPACE}=1 if every kcm using this state"
+        " runs in this namespace"
+    )
 
 
 class Stat:
@@ -139,6 +170,26 @@ def is_alive(stat: Stat | None) -> bool:
     return stat is not None and stat.alive
 
 
+def liveness(root: str, pid: int) -> tuple[bool, Stat | None]:
+    """Whether ``pid`` may be alive, and its stat when it could be read.
+
+    When in doubt, alive: a ``<root>/<pid>`` whose ``stat`` cannot be read or parsed is
+    counted as a live process, since freeing a list its task still runs on is the worse
+    mistake. Only a missing ``<root>/<pid>``, or a stat saying the process exited, is dead.
+    """
+    path = f"{root}/{pid}/stat"
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return os.path.lexists(f"{root}/{pid}"), None
+    try:
+        stat = parse_stat(text)
+    except ParseError:
+        return True, None
+    return stat.alive, stat
+
+
 def parse_cpus_allowed_list(status_text: str) -> str | None:
     """The ``Cpus_allowed_list`` value of a ``/proc/<pid>/status`` text, if present."""
     for line in status_text.splitlines():
@@ -148,9 +199,9 @@ def parse_cpus_allowed_list(status_text: str) -> str | None:
 
 
 def read_cpus_allowed_list(root: str, pid: int) -> str | None:
-    """The affinity of ``pid`` as the kernel prints it, or ``None`` if the process is gone."""
+    """The affinity of ``pid`` as the kernel prints it, or ``None`` if it cannot be read."""
     try:
         with open(f"{root}/{pid}/status", encoding="utf-8", errors="replace") as f:
             return parse_cpus_allowed_list(f.read())
-    except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
-        return None
+    except OSError:
+        return None  # gone, or unreadable: nothing to compare

@@ -56,6 +56,20 @@ def spread_lists(count: int, first_fake: int) -> list[str]:
     return [f"{cpus[i % len(cpus)]},{first_fake + i}" for i in range(count)]
 
 
+def exclusive_lists(count: int, first_fake: int) -> list[str]:
+    """``count`` CPU list names for an exclusive pool: like ``spread_lists``, but disjoint.
+
+    kcm refuses an exclusive pool whose lists share a CPU (two holders would run on it
+    "exclusively"), so such a pool has at most one list per online CPU.
+    """
+    cpus = online_cpus()
+    if count > len(cpus):
+        raise ValueError(
+            f"{count} exclusive lists need {count} online CPUs; this machine has {len(cpus)}"
+        )
+    return [f"{cpus[i]},{first_fake + i}" for i in range(count)]
+
+
 def pinned_part(cpu_list: str) -> set[int]:
     """The CPUs a task booked on ``cpu_list`` can actually be pinned to on this machine."""
     from kcm import cpulist

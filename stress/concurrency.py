@@ -24,6 +24,7 @@ from stress import common
 from stress.common import (
     KCM,
     Report,
+    exclusive_lists,
     kcm_env,
     make_state,
     pinned_part,
@@ -129,7 +130,7 @@ class Sampler(threading.Thread):
 def stress(
     workdir: str,
     isolates: int,
-    exclusive_lists: int,
+    exclusive_count: int,
     shared_lists: int,
     hold: float,
     exclusive_share: float,
@@ -139,15 +140,15 @@ def stress(
     report = Report(
         "concurrency",
         isolates=isolates,
-        exclusive_lists=exclusive_lists,
+        exclusive_lists=exclusive_count,
         shared_lists=shared_lists,
         hold_seconds=hold,
     )
     conf = make_state(
         os.path.join(workdir, "kcm"),
         {
-            EXCLUSIVE_POOL: (True, spread_lists(exclusive_lists, 2)),
-            SHARED_POOL: (False, spread_lists(shared_lists, 2 + exclusive_lists)),
+            EXCLUSIVE_POOL: (True, exclusive_lists(exclusive_count, 2)),
+            SHARED_POOL: (False, spread_lists(shared_lists, 2 + exclusive_count)),
         },
     )
     records_dir = os.path.join(workdir, "records")
@@ -256,7 +257,8 @@ def stress(
 def main(argv: list[str] | None = None) -> int:
     p = common.parser(__doc__)
     p.add_argument("--isolates", type=int, default=1000)
-    p.add_argument("--exclusive-lists", type=int, default=32)
+    # An exclusive pool's lists may not share a CPU: at most one per online CPU.
+    p.add_argument("--exclusive-lists", type=int, default=len(common.online_cpus()))
     p.add_argument("--shared-lists", type=int, default=8)
     p.add_argument("--hold", type=float, default=0.3, help="seconds each command runs")
     p.add_argument("--exclusive-share", type=float, default=0.6)

@@ -47,9 +47,10 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from kcm import cpulist, describe, model
+from kcm import state as kcm_state
 from kcm.cli import one_line
 from kcm.errors import ParseError, StateError
-from kcm.state import MAX_FILE_SIZE, StateDir
+from kcm.state import MAX_FILE_SIZE
 from spp_runner import config, sppsh
 from spp_runner.errors import ConfigError, LeaseError
 
@@ -872,8 +873,8 @@ def read_state(root: str) -> dict[str, model.Pool]:
     """Every other reader of the state directory: the shared lock, the pool list, each pool,
     and each CPU list's hidden entries (owner records and temp files), as reconcile reads them.
     """
-    with StateDir(root) as state:
-        state.lock(5.0, shared=True)
+    with kcm_state.StateReader(root) as state:
+        state.lock(5.0)
         pools = {name: state.read_pool(name) for name in state.pool_names()}
         for pool in pools.values():
             for cl in pool.cpu_lists:

@@ -10,7 +10,7 @@ import os
 import time
 
 from kcm.model import Pool, describe_json
-from kcm.state import StateDir, lock_timeout
+from kcm.state import StateReader, lock_timeout
 
 TYPE_CHECKING = False  # typing costs ms at start-up; mypy treats this name as True
 if TYPE_CHECKING:
@@ -35,12 +35,11 @@ class StateRead:
 def read_state(conf_dir: str) -> StateRead:
     """The state under the shared lock, which only waits for writers.
 
-    The one place the read-only views open the state: when ``kcm.state`` grows a reader that
-    cannot write, it is used here.
+    The one place the read-only views open the state, through a reader that cannot write.
     """
-    with StateDir(conf_dir) as state:
+    with StateReader(conf_dir) as state:
         started = time.monotonic()
-        state.lock(lock_timeout(), shared=True)
+        state.lock(lock_timeout())
         waited = time.monotonic() - started
         pools = state.read_pools()
     return StateRead(pools, waited)

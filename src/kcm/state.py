@@ -25,6 +25,7 @@ from kcm.model import CpuList, Pool
 TYPE_CHECKING = False  # typing costs ms at start-up; mypy treats this name as True
 if TYPE_CHECKING:
     from types import TracebackType
+    from typing import Self
 
 POOLS = "pools"
 LOCK = "lock"
@@ -306,17 +307,16 @@ def _poll_for_lock(fd: int, op: int, timeout: float) -> bool:
             delay = min(delay * 2, 0.02)
 
 
-class StateDir:
-    """An existing state directory. Open it, take the lock, read pools, write tasks.
+class StateReader:
+    """An existing state directory opened to read: the shared lock, pools, hidden entries.
 
-    ``writer`` applies a writer's checks (see ``Trust``) from the start; an exclusive
-    ``lock`` turns them on in any case.
+    It has no method that writes, so a view built on it (describe, discover) only reads by
+    construction. ``StateDir`` adds the exclusive lock and the writes.
     """
 
-    def __init__(self, path: str, *, writer: bool = False) -> None:
+    def __init__(self, path: str) -> None:
         self.path = path
-        self._trust = Trust(writer=writer)
-        self._writer = writer
+        self._trust = Trust(writer=False)
         self._fd = -1
         self._lock_fd = -1
         self._deadline = 0.0
@@ -324,7 +324,7 @@ class StateDir:
 
     # -- opening and locking ------------------------------------------------------------
 
-    def __enter__(self) -> StateDir:
+    def __enter__(self) -> Self:
         try:
             # The path itself is the operator's and may be a symlink; what lies inside is not.
             fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -348,15 +348,14 @@ class StateDir:
             os.close(self._fd)
             self._fd = -1
 
-    def lock(self, timeout: float, *, shared: bool = False) -> None:
-        """Take ``<dir>/lock``, waiting at most ``timeout`` seconds; then hold it as briefly."""
+    def lock(self, timeout: float) -> None:
+        """Take ``<dir>/lock`` shared, waiting at most ``timeout`` seconds."""
+        self._take_lock(timeout, shared=True)
+
+    def _take_lock(self, timeout: float, *, shared: bool) -> None:
         import fcntl
 
         path = f"{self.path}/{LOCK}"
-        if not shared and not self._writer:
-            self._writer = True
-            self._trust = Trust(writer=True)
-            self._trust.vet(os.fstat(self._fd), self.path, _S_IFDIR)
         # O_NONBLOCK: a FIFO planted as the lock must not hang the open (the fstat refuses it).
         flags = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
@@ -383,18 +382,8 @@ class StateDir:
                     f"could not lock {path} within {timeout:g}s (KCM_LOCK_TIMEOUT):"
                     " another kcm holds it"
                 ) from None
-        # The hold is bounded from the moment the lock is ours: see check_lock_held.
+        # The hold is bounded from the moment the lock is ours: see StateDir.check_lock_held.
         self._deadline = time.monotonic() + timeout
-
-    def check_lock_held(self) -> None:
-        """Refuse to write once the lock has been held past KCM_LOCK_TIMEOUT."""
-        if self._lock_fd < 0:
-            raise AssertionError("state written without the lock")
-        if time.monotonic() > self._deadline:
-            raise LockTimeoutError(
-                f"held {self.path}/{LOCK} past KCM_LOCK_TIMEOUT ({self._timeout:g}s);"
-                " nothing was written"
-            )
 
     def unlock(self) -> None:
         if self._lock_fd >= 0:
@@ -464,6 +453,8 @@ class StateDir:
         except ParseError as e:
             raise StateError(f"{excl_path}: {e}") from None
         cpu_lists: dict[str, CpuList] = {}
+        # In an exclusive pool each CPU belongs to one list: its holder runs there alone.
+        holder: dict[int, str] = {}
         with os.scandir(pool_fd) as it:
             entries = sorted(it, key=lambda e: e.name)
         for entry in entries:
@@ -475,10 +466,17 @@ class StateDir:
             if not entry.is_dir(follow_symlinks=False):
                 raise StateError(f"{list_path} is neither a CPU list directory nor 'exclusive'")
             try:
-                if not cpulist.parse(entry.name):
-                    raise ParseError("it names no CPUs")
+                cpus = cpulist.parse_name(entry.name)
             except ParseError as e:
                 raise StateError(f"{list_path}: not a CPU list directory name: {e}") from None
+            if exclusive:
+                for cpu in cpus:
+                    other = holder.setdefault(cpu, entry.name)
+                    if other != entry.name:
+                        raise StateError(
+                            f"{pool_path}: the exclusive pool's lists {other} and {entry.name}"
+                            f" share CPU {cpu}: remove or rename one of them"
+                        )
             if trust.check_mode or trust.owners is not None:
                 trust.vet(entry.stat(follow_symlinks=False), list_path, _S_IFDIR)
             tasks_path = f"{list_path}/{TASKS}"
@@ -487,8 +485,6 @@ class StateDir:
             tasks = _read_tasks(pool_fd, f"{entry.name}/{TASKS}", tasks_path, trust)
             cpu_lists[entry.name] = CpuList(entry.name, tasks)
         return Pool(name, exclusive, cpu_lists)
-
-    # -- writing (callers hold the lock) ------------------------------------------------
 
     def _list_fd(self, pool: str, cpu_list: str) -> int:
         pools_fd = self._pools_fd()
@@ -502,38 +498,26 @@ class StateDir:
         finally:
             os.close(pool_fd)
 
-    def add_task(self, pool: str, cpu_list: CpuList, pid: int, start_time: int | None) -> None:
-        """Record ``pid`` on ``cpu_list`` (and its start time, so a reused PID can be told)."""
-        self.check_lock_held()
-        fd = self._list_fd(pool, cpu_list.cpus)
-        try:
-            if start_time is not None:
-                atomic_write(fd, f"{OWNER_PREFIX}{pid}", f"{start_time}\n", sync_dir=False)
-            atomic_write(fd, TASKS, format_tasks([*cpu_list.tasks, pid]))
-        finally:
-            os.close(fd)
-        cpu_list.tasks.append(pid)
-
-    def set_tasks(self, pool: str, cpu_list: str, tasks: list[int], dropped: list[int]) -> None:
-        """Write ``tasks`` as the list's tasks and forget the owner records of ``dropped``."""
-        self.check_lock_held()
+    def hidden_names(self, pool: str, cpu_list: str) -> list[str]:
+        """The names of the list's owner records and temp files, from one listing."""
         fd = self._list_fd(pool, cpu_list)
         try:
-            _write_tasks_at(fd, tasks, dropped)
+            return [n for n in os.listdir(fd) if n.startswith((OWNER_PREFIX, TMP_PREFIX))]
         finally:
             os.close(fd)
 
-    def remove_task(self, pool: str, cpu_list: str, pid: int) -> bool:
-        """Remove ``pid`` from a list, re-reading its tasks first; False if it was not there."""
-        self.check_lock_held()
+    def read_owner_records(
+        self, pool: str, cpu_list: str, pids: list[int]
+    ) -> dict[int, int | None]:
+        """The start times the owner records of ``pids`` hold (None: not a start time)."""
         fd = self._list_fd(pool, cpu_list)
         try:
-            path = f"{self.path}/{POOLS}/{pool}/{cpu_list}/{TASKS}"
-            tasks = _read_tasks(fd, TASKS, path, self._trust)
-            if pid not in tasks:
-                return False
-            _write_tasks_at(fd, [t for t in tasks if t != pid], [pid])
-            return True
+            base = f"{self.path}/{POOLS}/{pool}/{cpu_list}"
+            found: dict[int, int | None] = {}
+            for pid in pids:
+                name = f"{OWNER_PREFIX}{pid}"
+                found[pid] = parse_owner(_read_small(fd, name, f"{base}/{name}", self._trust))
+            return found
         finally:
             os.close(fd)
 
@@ -552,31 +536,164 @@ class StateDir:
         finally:
             os.close(fd)
 
+
+class StateDir(StateReader):
+    """An existing state directory opened to change it: the exclusive lock and the writes.
+
+    ``writer`` applies a writer's checks (see ``Trust``) from the start; an exclusive
+    ``lock`` turns them on in any case. Every write starts only while the lock has been held
+    for less than KCM_LOCK_TIMEOUT (``check_lock_held``), and any OSError of a write is a
+    StateError naming the path. ``writes`` counts the changes made so far, so a caller that
+    is stopped half-way can say what it did.
+    """
+
+    def __init__(self, path: str, *, writer: bool = False) -> None:
+        super().__init__(path)
+        if writer:
+            self._trust = Trust(writer=True)
+        self._writer = writer
+        self.writes = 0
+
+    def lock(self, timeout: float, *, shared: bool = False) -> None:
+        """Take ``<dir>/lock``, waiting at most ``timeout`` seconds; then hold it as briefly."""
+        if not shared and not self._writer:
+            self._writer = True
+            self._trust = Trust(writer=True)
+            self._trust.vet(os.fstat(self._fd), self.path, _S_IFDIR)
+        self._take_lock(timeout, shared=shared)
+
+    def lock_held_too_long(self) -> bool:
+        return time.monotonic() > self._deadline
+
+    def check_lock_held(self) -> None:
+        """Refuse to start a write once the lock has been held past KCM_LOCK_TIMEOUT."""
+        if self._lock_fd < 0:
+            raise AssertionError("state written without the lock")
+        if time.monotonic() > self._deadline:
+            raise LockTimeoutError(
+                f"held {self.path}/{LOCK} past KCM_LOCK_TIMEOUT ({self._timeout:g}s)"
+            )
+
+    # -- writing (callers hold the lock) ------------------------------------------------
+
+    def add_task(self, pool: str, cpu_list: CpuList, pid: int, start_time: int | None) -> None:
+        """Record ``pid`` on ``cpu_list`` (and its start time, so a reused PID can be told).
+
+        All or nothing: if the tasks file cannot be written, the owner record written just
+        before is removed again, and the state is as it was.
+        """
+        base = f"{self.path}/{POOLS}/{pool}/{cpu_list.cpus}"
+        owner = f"{OWNER_PREFIX}{pid}"
+        try:
+            self.check_lock_held()
+        except LockTimeoutError as e:
+            raise LockTimeoutError(f"{e.message}; nothing was written") from None
+        fd = self._list_fd(pool, cpu_list.cpus)
+        try:
+            if start_time is not None:
+                try:
+                    atomic_write(fd, owner, f"{start_time}\n", sync_dir=False)
+                except OSError as e:
+                    raise StateError(f"cannot write {base}/{owner}: {_why(e)}") from None
+            try:
+                self.check_lock_held()
+                atomic_write(fd, TASKS, format_tasks([*cpu_list.tasks, pid]))
+            except (OSError, LockTimeoutError) as e:
+                if start_time is not None:
+                    try:
+                        os.unlink(owner, dir_fd=fd)
+                    except OSError:
+                        pass  # an invisible record of a PID on no list: reconcile removes it
+                if isinstance(e, LockTimeoutError):
+                    raise LockTimeoutError(f"{e.message}; nothing was written") from None
+                raise StateError(f"cannot write {base}/{TASKS}: {_why(e)}") from None
+        finally:
+            os.close(fd)
+        self.writes += 1
+        cpu_list.tasks.append(pid)
+
+    def set_tasks(self, pool: str, cpu_list: str, tasks: list[int], dropped: list[int]) -> int:
+        """Write ``tasks`` as the list's tasks, then remove the owner records of ``dropped``.
+
+        Returns how many of those records were left because the lock's time ran out after
+        the tasks file was written (reconcile removes them on its next pass).
+        """
+        self.check_lock_held()
+        fd = self._list_fd(pool, cpu_list)
+        try:
+            return self._write_tasks_at(
+                fd, f"{self.path}/{POOLS}/{pool}/{cpu_list}", tasks, dropped
+            )
+        finally:
+            os.close(fd)
+
+    def remove_task(self, pool: str, cpu_list: str, pid: int) -> bool:
+        """Remove ``pid`` from a list, re-reading its tasks first; False if it was not there."""
+        self.check_lock_held()
+        fd = self._list_fd(pool, cpu_list)
+        try:
+            base = f"{self.path}/{POOLS}/{pool}/{cpu_list}"
+            tasks = _read_tasks(fd, TASKS, f"{base}/{TASKS}", self._trust)
+            if pid not in tasks:
+                return False
+            self._write_tasks_at(fd, base, [t for t in tasks if t != pid], [pid])
+            return True
+        finally:
+            os.close(fd)
+
+    def _write_tasks_at(self, fd: int, base: str, tasks: list[int], dropped: list[int]) -> int:
+        """Replace a list's tasks, then unlink the owner records of ``dropped``; one dir fsync.
+
+        Each unlink is a write, so it waits for ``check_lock_held`` too: past the deadline
+        the rest are left, and their number returned.
+        """
+        try:
+            atomic_write(fd, TASKS, format_tasks(tasks), sync_dir=False)
+        except OSError as e:
+            raise StateError(f"cannot write {base}/{TASKS}: {_why(e)}") from None
+        self.writes += 1
+        left = 0
+        for i, pid in enumerate(dropped):
+            if time.monotonic() > self._deadline:
+                left = len(dropped) - i
+                break
+            try:
+                os.unlink(f"{OWNER_PREFIX}{pid}", dir_fd=fd)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise StateError(f"cannot remove {base}/{OWNER_PREFIX}{pid}: {_why(e)}") from None
+            self.writes += 1
+        _sync(fd, base)
+        return left
+
     def remove_hidden(self, pool: str, cpu_list: str, names: list[str]) -> None:
+        """Unlink owner records and temp files of a list, each only before the deadline."""
+        base = f"{self.path}/{POOLS}/{pool}/{cpu_list}"
         self.check_lock_held()
         fd = self._list_fd(pool, cpu_list)
         try:
             for name in names:
                 if not (name.startswith(OWNER_PREFIX) or name.startswith(TMP_PREFIX)):
                     raise AssertionError(name)
+                self.check_lock_held()
                 try:
                     os.unlink(name, dir_fd=fd)
                 except FileNotFoundError:
-                    pass
-            _fsync_dir(fd)
+                    continue
+                except OSError as e:
+                    raise StateError(f"cannot remove {base}/{name}: {_why(e)}") from None
+                self.writes += 1
+            _sync(fd, base)
         finally:
             os.close(fd)
 
 
-def _write_tasks_at(list_fd: int, tasks: list[int], dropped: list[int]) -> None:
-    """Replace a list's tasks, then unlink the owner records of ``dropped``; one dir fsync."""
-    atomic_write(list_fd, TASKS, format_tasks(tasks), sync_dir=False)
-    for pid in dropped:
-        try:
-            os.unlink(f"{OWNER_PREFIX}{pid}", dir_fd=list_fd)
-        except FileNotFoundError:
-            pass
-    _fsync_dir(list_fd)
+def _sync(fd: int, path: str) -> None:
+    try:
+        _fsync_dir(fd)
+    except OSError as e:
+        raise StateError(f"cannot sync {path}: {_why(e)}") from None
 
 
 def parse_owner(text: str) -> int | None:
@@ -594,6 +711,16 @@ DIR_MODE = 0o755
 FILE_MODE = 0o644
 
 
+class _Cursor:
+    """The entry an init is creating or reading, so that its failure names the exact path."""
+
+    __slots__ = ("done", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.done = False  # the state is in place; only syncing is left
+
+
 def _make_dir(name: str, dir_fd: int | None = None) -> int:
     """Create the directory ``name`` with exactly DIR_MODE, whatever the umask; its fd."""
     os.mkdir(name, DIR_MODE, dir_fd=dir_fd)
@@ -606,23 +733,30 @@ def _make_dir(name: str, dir_fd: int | None = None) -> int:
     return fd
 
 
-def _write_tree(root_fd: int, pools: dict[str, Pool]) -> None:
+def _write_tree(root_fd: int, root: str, pools: dict[str, Pool], at: _Cursor) -> None:
     """Write ``pools/...`` under ``root_fd`` with every file and directory fsynced."""
+    at.path = f"{root}/{POOLS}"
     pools_fd = _make_dir(POOLS, root_fd)
     try:
         for pool in pools.values():
+            pool_path = at.path = f"{root}/{POOLS}/{pool.name}"
             pool_fd = _make_dir(pool.name, pools_fd)
             try:
+                at.path = f"{pool_path}/{EXCLUSIVE}"
                 atomic_write(pool_fd, EXCLUSIVE, "1" if pool.exclusive else "0", sync_dir=False)
                 for cl in pool.cpu_lists.values():
+                    at.path = f"{pool_path}/{cl.cpus}"
                     list_fd = _make_dir(cl.cpus, pool_fd)
                     try:
+                        at.path = f"{pool_path}/{cl.cpus}/{TASKS}"
                         atomic_write(list_fd, TASKS, format_tasks(cl.tasks))
                     finally:
                         os.close(list_fd)
+                at.path = pool_path
                 _fsync_dir(pool_fd)
             finally:
                 os.close(pool_fd)
+        at.path = f"{root}/{POOLS}"
         _fsync_dir(pools_fd)
     finally:
         os.close(pools_fd)
@@ -657,6 +791,10 @@ def is_initialized(path: str) -> bool:
     return os.path.isfile(os.path.join(path, LOCK)) and os.path.isdir(os.path.join(path, POOLS))
 
 
+class _RaceLost(Exception):
+    """Another init renamed its state into place between our check and our rename."""
+
+
 def create(path: str, pools: dict[str, Pool]) -> None:
     """Create a state directory holding ``pools``, all at once or not at all.
 
@@ -664,25 +802,41 @@ def create(path: str, pools: dict[str, Pool]) -> None:
     directory (a mount point, say, where a rename cannot land) gets its ``pools`` tree built in
     a hidden directory inside and renamed into place last, after ``lock``: until that rename the
     directory holds no state. Leftovers of a killed ``init`` are cleaned up by the next one.
+    Any file-system error is a StateError naming the path it happened at.
     """
     path = os.path.normpath(path)
-    if os.path.lexists(path):
-        if not os.path.isdir(path):
-            raise StateError(f"{path} exists and is not a directory")
-        _vet_existing(path)
-        for name in os.listdir(path):
-            if _stale_init_leftover(name):
-                _remove_tree(os.path.join(path, name))
-        # An empty lock is what a killed init may leave before its pools; it holds no state.
-        held = [n for n in sorted(os.listdir(path)) if n != LOCK or os.path.getsize(f"{path}/{n}")]
-        if held:
-            raise StateError(
-                f"{path} is not empty (it holds {', '.join(held[:5])}):"
-                " kcm init needs a missing or empty directory"
-            )
-        _create_inside(path, pools)
-    else:
-        _create_beside(path, pools)
+    at = _Cursor(path)
+    try:
+        if os.path.lexists(path):
+            if not os.path.isdir(path):
+                raise StateError(f"{path} exists and is not a directory")
+            _vet_existing(path)
+            for name in os.listdir(path):
+                if _stale_init_leftover(name):
+                    _remove_tree(os.path.join(path, name))
+            # An empty lock is what a killed init may leave before its pools; no state.
+            held = [
+                n for n in sorted(os.listdir(path)) if n != LOCK or os.path.getsize(f"{path}/{n}")
+            ]
+            if held:
+                building = [
+                    n[len(INIT_TMP_PREFIX) :] for n in held if n.startswith(INIT_TMP_PREFIX)
+                ]
+                why = "kcm init needs a missing or empty directory"
+                if building and len(building) == len(held):
+                    why = f"another kcm init (PID {building[0]}) is creating its state there"
+                raise StateError(f"{path} is not empty (it holds {', '.join(held[:5])}): {why}")
+            _create_inside(path, pools, at)
+        else:
+            _create_beside(path, pools, at)
+    except _RaceLost as e:
+        raise StateError(
+            f"cannot create {path}: another kcm init created its state there first"
+            f" ({e.args[0]}); that state is kept and nothing of this init was left"
+        ) from None
+    except OSError as e:
+        left = "the state is in place but may not be on disk" if at.done else "nothing was left"
+        raise StateError(f"cannot create {path}: {_why(e)} (at {at.path}); {left}") from None
 
 
 def _vet_existing(path: str) -> None:
@@ -711,27 +865,39 @@ def _make_parents(parent: str) -> None:
         os.umask(umask)
 
 
-def _create_beside(path: str, pools: dict[str, Pool]) -> None:
+def _renamed_in(e: OSError) -> bool:
+    """Whether a rename onto a directory failed because another init's state landed there."""
+    return e.errno in (errno.ENOTEMPTY, errno.EEXIST)
+
+
+def _create_beside(path: str, pools: dict[str, Pool], at: _Cursor) -> None:
     parent, base = os.path.split(os.path.abspath(path))
+    at.path = parent
     _make_parents(parent)
     for name in os.listdir(parent):
         if _stale_init_leftover(name, f".{base}{INIT_TMP_PREFIX}"):
             _remove_tree(os.path.join(parent, name))
-    tmp = os.path.join(parent, f".{base}{INIT_TMP_PREFIX}{os.getpid()}")
+    tmp = at.path = os.path.join(parent, f".{base}{INIT_TMP_PREFIX}{os.getpid()}")
     fd = _make_dir(tmp)
     try:
         try:
+            at.path = f"{tmp}/{LOCK}"
             atomic_write(fd, LOCK, "", sync_dir=False)
-            _write_tree(fd, pools)
+            _write_tree(fd, tmp, pools, at)
         finally:
             os.close(fd)
+        at.path = path
         try:
             os.rename(tmp, path)
         except OSError as e:
-            raise StateError(f"cannot create {path}: {_why(e)}") from None
+            if _renamed_in(e):
+                raise _RaceLost(f"renaming {tmp} onto it: {_why(e)}") from None
+            raise
     except BaseException:
         _remove_tree(tmp)
         raise
+    at.done = True
+    at.path = parent
     parent_fd = os.open(parent, _DIR_FLAGS)
     try:
         _fsync_dir(parent_fd)
@@ -739,24 +905,41 @@ def _create_beside(path: str, pools: dict[str, Pool]) -> None:
         os.close(parent_fd)
 
 
-def _create_inside(path: str, pools: dict[str, Pool]) -> None:
+def _create_inside(path: str, pools: dict[str, Pool], at: _Cursor) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     tmp = f"{INIT_TMP_PREFIX}{os.getpid()}"
     try:
+        at.path = f"{path}/{tmp}"
         tmp_fd = _make_dir(tmp, fd)
         try:
-            # Everything, the lock too, is written in the build directory and renamed in:
+            # Everything, the lock too, is written in the build directory and moved in:
             # a killed init leaves nothing but that directory, which the next one removes.
             try:
+                at.path = f"{path}/{tmp}/{LOCK}"
                 atomic_write(tmp_fd, LOCK, "", sync_dir=False)
-                _write_tree(tmp_fd, pools)
+                _write_tree(tmp_fd, f"{path}/{tmp}", pools, at)
             finally:
                 os.close(tmp_fd)
-            if not os.path.lexists(os.path.join(path, LOCK)):
-                os.rename(f"{tmp}/{LOCK}", LOCK, src_dir_fd=fd, dst_dir_fd=fd)
-            os.rename(f"{tmp}/{POOLS}", POOLS, src_dir_fd=fd, dst_dir_fd=fd)
+            at.path = f"{path}/{LOCK}"
+            try:
+                # A link never replaces: a lock already there (a killed init's, or that of
+                # an init racing this one, which kcm commands may already hold) stays.
+                os.link(f"{tmp}/{LOCK}", LOCK, src_dir_fd=fd, dst_dir_fd=fd)
+            except FileExistsError:
+                pass
+            at.path = f"{path}/{POOLS}"
+            try:
+                os.rename(f"{tmp}/{POOLS}", POOLS, src_dir_fd=fd, dst_dir_fd=fd)
+            except OSError as e:
+                if _renamed_in(e):
+                    raise _RaceLost(
+                        f"renaming {path}/{tmp}/{POOLS} onto {POOLS}: {_why(e)}"
+                    ) from None
+                raise
+            at.done = True
         finally:
             _remove_tree(os.path.join(path, tmp))
+        at.path = path
         _fsync_dir(fd)
     finally:
         os.close(fd)

@@ -16,7 +16,7 @@ from tests.fixtures.state import build_state, tree
 def test_sigkill_of_isolate_at_random_instants(tmp_path: Path) -> None:
     conf = build_state(
         str(tmp_path / "kcm"),
-        {"dataplane": (True, {"0": "", "1": "", "0-1": ""}), "infra": (False, {"0": ""})},
+        {"dataplane": (True, {"0": "", "1": ""}), "infra": (False, {"0": ""})},
     )
     env = kcm_env(KCM_PROC_FS="/proc")
     rng = random.Random(20261123)
@@ -44,7 +44,6 @@ def test_sigkill_of_isolate_at_random_instants(tmp_path: Path) -> None:
     assert tree(conf) == {
         "dataplane": True,
         "dataplane/0": [],
-        "dataplane/0-1": [],
         "dataplane/1": [],
         "infra": False,
         "infra/0": [],

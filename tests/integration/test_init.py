@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kcm import cpulist
-from tests.conftest import Result, assert_one_error_line, kcm_env, run_kcm
+from tests.conftest import KCM, Result, assert_one_error_line, kcm_env, run_kcm
 from tests.fixtures.state import snapshot, tree
 from tests.fixtures.sysfs import (
     DUAL_SOCKET_20_CORE_HT,
@@ -493,3 +495,72 @@ def test_an_unknown_exclusive_mode_is_a_usage_error_and_nothing_is_written(
     assert_one_error_line(result, f"--exclusive-mode={mode!r} is neither packed nor spread")
     assert result.code == 2
     assert os.listdir(tmp_path) == []
+
+
+# -- two inits at once -------------------------------------------------------------------------
+
+
+def test_an_init_beaten_to_the_rename_says_so_and_keeps_the_winners_state(tmp_path: Path) -> None:
+    # Found by outside testing: two inits into one empty directory that both found it empty
+    # both built a state, and the second rename of pools escaped as a traceback
+    # (ENOTEMPTY). Here the test plays the first init: it renames a state made by kcm init
+    # into place while a slow init (100 lists, each fsynced) is building its own.
+    winner, result = init(tmp_path / "w", NO_HT_2, "--num-dp-cores=1", "--num-cp-cores=0")
+    assert result.code == 0, result.err
+    expected = tree(winner)
+    conf = tmp_path / "kcm"
+    conf.mkdir()
+    big = build_sysfs(str(tmp_path / "big-sys"), [FakeCpu(i, 0, i, (i,)) for i in range(128)])
+    loser = subprocess.Popen(
+        [KCM, "init", f"--conf-dir={conf}", "--num-dp-cores=100"],
+        env=kcm_env(KCM_SYS_FS=big),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not any(n.startswith(".kcm-init-") for n in os.listdir(conf)):
+            assert loser.poll() is None and time.monotonic() < deadline, "no build seen"
+        os.rename(Path(winner, "lock"), conf / "lock")
+        os.rename(Path(winner, "pools"), conf / "pools")
+        _, err = loser.communicate(timeout=60)
+    finally:
+        if loser.poll() is None:
+            loser.kill()
+    assert loser.returncode == 3
+    assert err == (
+        f"kcm: error: cannot create {conf}: another kcm init created its state there first"
+        f" (renaming {conf}/.kcm-init-{loser.pid}/pools onto pools:"
+        " Directory not empty); that state is kept and nothing of this init was left\n"
+    )
+    assert sorted(os.listdir(conf)) == ["lock", "pools"]
+    assert tree(str(conf)) == expected
+
+
+@pytest.mark.parametrize("where", ["inside", "beside"])
+def test_two_inits_at_once_make_one_state_and_one_clear_refusal(tmp_path: Path, where: str) -> None:
+    sys_root = build_sysfs(str(tmp_path / "sys"), SEED_16)
+    for trial in range(5):
+        conf = tmp_path / f"kcm{trial}"
+        if where == "inside":
+            conf.mkdir()
+        both = [
+            subprocess.Popen(
+                [KCM, "init", f"--conf-dir={conf}"],
+                env=kcm_env(KCM_SYS_FS=sys_root),
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        outcomes = sorted((p.wait(60), p.communicate()[1]) for p in both)
+        assert [code for code, _ in outcomes] == [0, 3], outcomes
+        assert outcomes[0][1] == ""
+        refusal = outcomes[1][1]
+        assert refusal.startswith(f"kcm: error: {conf} is not empty") or refusal.startswith(
+            f"kcm: error: cannot create {conf}: another kcm init created its state there first"
+        ), refusal
+        assert len(refusal.splitlines()) == 1
+        assert tree(str(conf)) == SEED_TREE
+        assert sorted(os.listdir(conf)) == ["lock", "pools"]
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []

@@ -132,3 +132,25 @@ def test_a_waiter_off_the_main_thread_polls_and_times_out(conf: str) -> None:
     assert isinstance(outcome[0], LockTimeoutError)
     with StateDir(conf) as state:
         state.lock(0.1)  # free again
+
+
+def test_a_reader_cannot_write(conf: str) -> None:
+    # describe and discover (and views to come) open a StateReader: "it only reads" holds by
+    # construction, since the type has no method that writes and takes only a shared lock.
+    from kcm import describe
+    from kcm.k8s import discover
+    from kcm.state import StateReader
+
+    writes = {"add_task", "set_tasks", "remove_task", "remove_hidden", "check_lock_held"}
+    assert not writes & set(dir(StateReader))
+    assert writes <= set(dir(StateDir))
+    assert "StateReader" in describe.__dict__ and "StateDir" not in describe.__dict__
+    assert "StateReader" in discover.__dict__ and "StateDir" not in discover.__dict__
+    fd = os.open(Path(conf, "lock"), os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # another reader
+    try:
+        with StateReader(conf) as reader:
+            reader.lock(0.2)  # shared: taken beside the other reader at once
+            assert reader.read_pool("infra").cpu_lists["0"].tasks == [7]
+    finally:
+        os.close(fd)

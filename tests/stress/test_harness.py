@@ -7,8 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from kcm import cpulist
 from stress import concurrency, crash, isolation, pid_reuse
-from stress.common import Report, make_state, scan, spread_lists, stderr_problem
+from stress.common import (
+    Report,
+    exclusive_lists,
+    make_state,
+    scan,
+    spread_lists,
+    stderr_problem,
+)
 from stress.concurrency import Record, double_allocations
 
 
@@ -21,7 +29,7 @@ def test_concurrency_small(tmp_path: Path) -> None:
     report = concurrency.stress(
         str(tmp_path),
         isolates=60,
-        exclusive_lists=6,
+        exclusive_count=len(os.sched_getaffinity(0)),
         shared_lists=2,
         hold=0.2,
         exclusive_share=0.6,
@@ -112,3 +120,13 @@ def test_isolation_small_pins_spin_task_and_hogs(tmp_path: Path) -> None:
     for how in isolation.HOWS:
         assert isinstance(got[f"{how}_loaded_over_idle"], float)
     assert isinstance(got["kcm_ratio_over_taskset_ratio"], float)
+
+
+def test_exclusive_lists_are_disjoint_and_at_most_one_per_cpu() -> None:
+    online = sorted(os.sched_getaffinity(0))
+    lists = exclusive_lists(len(online), 10)
+    cpus = [cpulist.parse(name) for name in lists]
+    assert all(not (a & b) for i, a in enumerate(cpus) for b in cpus[i + 1 :])
+    assert [min(c) for c in cpus] == online
+    with pytest.raises(ValueError, match="need"):
+        exclusive_lists(len(online) + 1, 10)

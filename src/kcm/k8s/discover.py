@@ -16,7 +16,7 @@ from typing import Any
 
 from kcm import allocate
 from kcm.errors import ClusterError
-from kcm.state import StateDir, lock_timeout
+from kcm.state import StateReader, lock_timeout
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -154,8 +154,8 @@ def node_name() -> str:
 
 def dataplane_count(conf_dir: str) -> int:
     """The number of CPU lists in the dataplane pool of the state directory."""
-    with StateDir(conf_dir) as state:
-        state.lock(lock_timeout(), shared=True)
+    with StateReader(conf_dir) as state:
+        state.lock(lock_timeout())
         return len(state.read_pool(allocate.DATAPLANE).cpu_lists)
 
 

@@ -10,7 +10,7 @@ import os
 
 from kcm import cpulist
 from kcm.allocate import choose_cpu_list
-from kcm.errors import EnvironmentProblem, LockTimeoutError, PoolExhaustedError
+from kcm.errors import EnvironmentProblem, KcmError, PoolExhaustedError
 from kcm.host import procfs
 from kcm.state import StateDir, lock_timeout, validate_pool_name
 
@@ -28,7 +28,14 @@ RESTORED = (_signal.SIGPIPE, _signal.SIGXFSZ)
 
 
 def shell_argv(command: str, args: list[str]) -> list[str]:
-    """The sub-shell argv: shell syntax in ``command`` works, ``args`` arrive verbatim."""
+    """The sub-shell argv: shell syntax in ``command`` works, ``args`` arrive verbatim.
+
+    Without args the command is the whole script, so every construct (``for``, ``if``, a
+    trailing ``&``, a comment) means what it means to sh. Args are appended as ``"$@"``:
+    words after the command, passed as they are and never parsed by the shell.
+    """
+    if not args:
+        return [SHELL, "-c", command]
     return [SHELL, "-c", f'{command} "$@"', "sh", *args]
 
 
@@ -63,25 +70,44 @@ RELEASE_PATIENCE = 10
 
 
 def release(conf_dir: str, pool_name: str, cpu_list: str, pid: int) -> None:
+    """Remove ``pid`` from its list; a failure is said on stderr, and the list stays booked.
+
+    The command has run by now, so its status is what kcm reports in any case: a release
+    that fails (lock timeout, full or read-only disk) costs a line, not the status.
+    """
+    state = StateDir(conf_dir)
     try:
-        with StateDir(conf_dir) as state:
+        with state:
             state.lock(RELEASE_PATIENCE * lock_timeout())
             state.remove_task(pool_name, cpu_list, pid)
-    except LockTimeoutError as e:
-        raise LockTimeoutError(
-            f"{e}; CPU list {cpu_list} of pool {pool_name!r} stays booked by the exited"
-            f" PID {pid} until kcm reconcile runs"
-        ) from None
+    except KcmError as e:
+        if state.writes:  # the tasks file was replaced; only making it durable failed
+            what = f"the exited PID {pid} was removed from CPU list {cpu_list} of pool"
+            what += f" {pool_name!r}, but that may not be on disk"
+        else:
+            what = f"CPU list {cpu_list} of pool {pool_name!r} stays booked by the exited"
+            what += f" PID {pid} until kcm reconcile runs"
+        from kcm.cli import one_line  # loaded already: it called us
+
+        os.write(2, f"kcm: error: {one_line(f'{e.message}; {what}')}\n".encode(errors="replace"))
 
 
 class _Forwarder:
-    """The handler of SIGTERM/SIGINT/SIGHUP: passed to the command's group once it exists."""
+    """The handler of SIGTERM/SIGINT/SIGHUP: passed to the command's group while it exists.
+
+    ``finish`` ends the forwarding for good once the command has exited (before it is
+    reaped, while its PID, and so its group id, cannot be reused): later signals reach no
+    one, since the group id may name an unrelated group by then.
+    """
 
     def __init__(self) -> None:
         self.child_pgid = 0
+        self.finished = False
         self.pending: list[int] = []
 
     def __call__(self, signum: int, frame: object) -> None:
+        if self.finished:
+            return
         if self.child_pgid:
             try:
                 os.killpg(self.child_pgid, signum)
@@ -89,6 +115,10 @@ class _Forwarder:
                 pass
         else:
             self.pending.append(signum)
+
+    def finish(self) -> None:
+        self.finished = True
+        self.child_pgid = 0
 
 
 def _tty_foreground() -> bool:
@@ -101,6 +131,7 @@ def _tty_foreground() -> bool:
 def run(conf_dir: str, pool_name: str, command: str, args: list[str]) -> int:
     """``kcm isolate``: the command's exit status (128+N if killed by signal N)."""
     root = procfs.proc_root("kcm isolate")
+    procfs.require_host_pid_namespace(root)
     me = procfs.self_stat(root)
     argv = shell_argv(command, args)
     forwarder = _Forwarder()
@@ -119,8 +150,9 @@ def run(conf_dir: str, pool_name: str, command: str, args: list[str]) -> int:
                 f"cannot pin to CPUs {cpus} of pool {pool_name!r}: {e.strerror}"
             ) from None
         env = dict(os.environ)
-        env["KCM_CPUS_ASSIGNED"] = cpus
+        env["KCM_CPUS_ASSIGNED"] = env["CMK_CPUS_ASSIGNED"] = cpus
         env["KCM_POOL"] = pool_name
+        env["CMK_PROC_FS"] = root  # CMK 1.x workloads read the procfs from here
         # From here until the child has its own handlers and group, signals wait in the kernel.
         _signal.pthread_sigmask(_signal.SIG_BLOCK, FORWARDED)
         if forwarder.pending:  # asked to stop while booking: the command never starts
@@ -148,13 +180,15 @@ def _spawn_and_wait(
             raise EnvironmentProblem(f"cannot run {argv[0]}: {e.strerror}") from None
     forwarder.child_pgid = pid
     _signal.pthread_sigmask(_signal.SIG_UNBLOCK, FORWARDED)
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except ChildProcessError:
-            status = 127 << 8
-            break
+    try:
+        # Wait without reaping: until waitpid below, the exited child holds its PID, so
+        # nothing can take its group id while the forwarder may still signal it.
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        forwarder.finish()
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        forwarder.finish()
+        status = 127 << 8
     if hand_tty:
         old = _signal.signal(_signal.SIGTTOU, _signal.SIG_IGN)
         try:

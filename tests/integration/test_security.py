@@ -15,6 +15,7 @@ import pytest
 from kcm.errors import StateError
 from kcm.k8s import discover
 from tests.conftest import KCM, Result, assert_one_error_line, kcm_env, run_kcm
+from tests.fixtures.procfs import build_procfs, stat_line
 from tests.fixtures.state import snapshot, tree
 from tests.fixtures.sysfs import NO_HT_2, build_sysfs
 
@@ -394,3 +395,107 @@ def test_shell_syntax_in_args_arrives_verbatim_and_never_runs(state2: str, tmp_p
     assert result.code == 0, result.err
     assert result.out == "".join(f"[{a}]" for a in args)
     assert not [p for p in os.listdir(tmp_path) if p.startswith("ran")]
+
+
+# -- a procfs of another PID namespace -------------------------------------------------------
+
+NEEDS_UNSHARE = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None, reason="unshare -p needs root"
+)
+
+
+def in_pid_namespace(*argv: str, **extra: str) -> Result:
+    """``kcm <argv>`` as PID 1 of a new PID namespace with its own /proc, as a container."""
+    proc = subprocess.run(
+        ["unshare", "--fork", "--pid", "--mount-proc", KCM, *argv],
+        env=kcm_env(KCM_PROC_FS="/proc", **extra),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    return Result(proc)
+
+
+@NEEDS_UNSHARE
+def test_isolate_in_a_pid_namespace_is_refused(state2: str, tmp_path: Path) -> None:
+    # Found by outside testing: under unshare -fp --mount-proc, isolate recorded PID 1, which
+    # on the host is init; another kcm could then not tell the booking's holder.
+    ran = tmp_path / "ran"
+    before = snapshot(state2)
+    result = in_pid_namespace("isolate", f"--conf-dir={state2}", "--pool=dataplane", f"touch {ran}")
+    assert_one_error_line(
+        result, "the procfs /proc is not the host's PID namespace", "KCM_ALLOW_PID_NAMESPACE=1"
+    )
+    assert result.code == 6
+    assert not ran.exists()
+    assert snapshot(state2) == before
+
+
+@NEEDS_UNSHARE
+def test_reconcile_in_a_pid_namespace_is_refused_and_frees_no_live_task(state2: str) -> None:
+    # The reverse: the host's live task is invisible in the namespace's /proc, and reconcile
+    # there freed its list for a second isolate to book.
+    task = subprocess.Popen(["sleep", "60"])
+    try:
+        Path(state2, "pools/dataplane/1/tasks").write_text(str(task.pid))
+        before = snapshot(state2)
+        result = in_pid_namespace("reconcile", f"--conf-dir={state2}")
+        assert_one_error_line(result, "not the host's PID namespace")
+        assert result.code == 6
+        assert snapshot(state2) == before
+    finally:
+        task.kill()
+        task.wait()
+
+
+@NEEDS_UNSHARE
+def test_the_opt_out_lets_a_namespace_through(state2: str) -> None:
+    # What the check keeps from happening, on request: the namespace's PID 1 is recorded.
+    result = in_pid_namespace(
+        "isolate",
+        f"--conf-dir={state2}",
+        "--pool=dataplane",
+        f"cat {state2}/pools/dataplane/1/tasks",
+        KCM_ALLOW_PID_NAMESPACE="1",
+    )
+    assert (result.code, result.out, result.err) == (0, "1", "")
+    assert tree(state2)["dataplane/1"] == []
+
+
+@pytest.mark.parametrize(
+    ("stats", "allowed"),
+    [
+        ({}, True),  # the fixture's PID 2 is kthreadd, parent 0: the host
+        ({2: None}, False),  # no stat: not the host's
+        ({2: stat_line(2, comm="sh", ppid=1)}, False),  # a namespace's second process
+        ({2: stat_line(2, comm="bash", ppid=0)}, False),  # entered from outside (nsenter)
+    ],
+    ids=["kthreadd", "no-stat", "namespace-process", "entered-process"],
+)
+def test_reconcile_checks_pid_2_of_the_procfs(
+    state2: str, tmp_path: Path, stats: dict[int, str | None], allowed: bool
+) -> None:
+    proc = build_procfs(str(tmp_path / "proc"), {})
+    for pid, text in stats.items():
+        os.unlink(f"{proc}/{pid}/stat")
+        if text is not None:
+            Path(proc, str(pid), "stat").write_text(text)
+    result = run_kcm("reconcile", f"--conf-dir={state2}", env=kcm_env(KCM_PROC_FS=proc))
+    if allowed:
+        assert (result.code, result.err) == (0, ""), result.err
+    else:
+        assert_one_error_line(result, f"the procfs {proc} is not the host's PID namespace")
+        assert result.code == 6
+
+
+def test_a_procfs_without_pid_2_is_refused_unless_allowed(state2: str, tmp_path: Path) -> None:
+    proc = build_procfs(str(tmp_path / "proc"), {}, host=False)
+    result = run_kcm("reconcile", f"--conf-dir={state2}", env=kcm_env(KCM_PROC_FS=proc))
+    assert_one_error_line(result, f"{proc}/2 is not the kernel thread kthreadd: it does not exist")
+    allowed = run_kcm(
+        "reconcile",
+        f"--conf-dir={state2}",
+        env=kcm_env(KCM_PROC_FS=proc, KCM_ALLOW_PID_NAMESPACE="1"),
+    )
+    assert (allowed.code, allowed.err) == (0, "")

@@ -27,7 +27,7 @@ Usage:
   kcm init [--conf-dir=<dir>] [--num-dp-cores=<num>] [--num-cp-cores=<num>] [--keep-existing]
            [--exclusive-mode=<mode>] [--quiet]
   kcm discover [--conf-dir=<dir>] [--taint] [--interval=<seconds>]
-  kcm reconcile [--conf-dir=<dir>] [--interval=<seconds>]
+  kcm reconcile [--conf-dir=<dir>] [--interval=<seconds>] [--quiet]
   kcm cluster-init [--namespace=<ns>] [--image=<image>] [--num-dp-cores=<num>]
                    [--num-cp-cores=<num>] [--node-selector=<key=value>]
                    [--reconcile-interval=<seconds>] [--example-workload]
@@ -51,7 +51,8 @@ Options:
                         spread deals them across the sockets [default: packed].
   --taint               discover: also taint the node kcm.io/dataplane=true:NoSchedule.
   --interval=<seconds>  reconcile, discover: run a pass every <seconds> until SIGTERM.
-  --quiet               init, install: say nothing on stderr when they succeed.
+  --quiet               init, install: say nothing on stderr when they succeed;
+                        reconcile: no line on stderr per list it frees tasks from.
   --namespace=<ns>      cluster-init: namespace to deploy into [default: kcm].
   --image=<image>       cluster-init: kcm container image [default: kcm:latest].
   --node-selector=<key=value>
@@ -75,6 +76,9 @@ Environment:
   KCM_ALLOW_SHARED_STATE=1
                         trust a state directory that group or others may write, or
                         (for isolate, reconcile, init) that another user owns.
+  KCM_ALLOW_PID_NAMESPACE=1
+                        let isolate and reconcile use a KCM_PROC_FS of another PID
+                        namespace than the host's (its PID 2 is not kthreadd).
   KCM_DEBUG=1           show a traceback on errors.
   NO_COLOR              describe --output=table: no colour even on a terminal.
   NODE_NAME             discover: the node to advertise (in a pod: from spec.nodeName).
@@ -83,11 +87,14 @@ Environment:
 
 Exit status:
   0 success; 1 reconcile found tasks with the wrong affinity; 2 usage error;
-  3 bad or missing state directory; 4 no free CPU list in the pool; 5 lock timeout;
-  6 host problem (procfs, sysfs, too few cores, cannot pin, missing Python package);
-  7 Kubernetes problem (no NODE_NAME, no credentials, API unreachable or refusing).
+  3 bad or missing state directory, or one that cannot be written (full, read-only, no
+  permission: the message names the path); 4 no free CPU list in the pool; 5 lock timeout;
+  6 host problem (procfs, a procfs of another PID namespace, sysfs, too few cores, cannot
+  pin, missing Python package, an unsafe install directory); 7 Kubernetes problem (no
+  NODE_NAME, no credentials, API unreachable or refusing).
   metrics: 6 also when it cannot listen on --listen's address or write --textfile's file.
-  isolate exits with its command's status (128+N if the command was killed by signal N).
+  isolate exits with its command's status (128+N if the command was killed by signal N),
+  also when releasing its list fails (it says so on stderr).
 """
 
 HELP = USAGE + "\n" + OPTIONS
@@ -114,6 +121,7 @@ FLAGS = {
     "init": {"--keep-existing", "--quiet"},
     "install": {"--quiet"},
     "discover": {"--taint"},
+    "reconcile": {"--quiet"},
     "cluster-init": {"--example-workload"},
 }
 DEFAULTS = {
@@ -273,7 +281,9 @@ def dispatch(args: Args) -> int:
     if sub == "reconcile":
         from kcm import reconcile
 
-        return reconcile.main(conf_dir, seconds_option(args, "--interval"))
+        return reconcile.main(
+            conf_dir, seconds_option(args, "--interval"), quiet=args.flag("--quiet")
+        )
     if sub == "install":
         from kcm import install
 

@@ -177,12 +177,18 @@ def liveness(root: str, pid: int) -> tuple[bool, Stat | None]:
     counted as a live process, since freeing a list its task still runs on is the worse
     mistake. Only a missing ``<root>/<pid>``, or a stat saying the process exited, is dead.
     """
-    path = f"{root}/{pid}/stat"
+    entry = f"{root}/{pid}"
     try:
-        with open(path, "rb") as f:
+        os.lstat(entry)  # one system call for a dead PID, the common case of a long list
+    except (FileNotFoundError, NotADirectoryError):
+        return False, None
+    except OSError:
+        return True, None
+    try:
+        with open(f"{entry}/stat", "rb") as f:
             text = f.read().decode("utf-8", "replace")
     except OSError:
-        return os.path.lexists(f"{root}/{pid}"), None
+        return os.path.lexists(entry), None  # gone since the lstat, or unreadable
     try:
         stat = parse_stat(text)
     except ParseError:

@@ -111,8 +111,14 @@ class Bench:
         for hog in hogs:
             pid = hog.pid
             if how == "kcm":
-                with open(f"/proc/{pid}/task/{pid}/children") as f:
-                    kids = [int(p) for p in f.read().split()]
+                # On a loaded machine kcm may not have spawned its command yet: wait for it.
+                deadline = time.monotonic() + 10
+                while True:
+                    with open(f"/proc/{pid}/task/{pid}/children") as f:
+                        kids = [int(p) for p in f.read().split()]
+                    if kids or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)
                 pid = kids[0] if len(kids) == 1 else -1
             if pid < 0 or allowed_cpus(pid) != self.infra:
                 self.report.fail(f"{how} hog {hog.pid} is not pinned to the infra CPUs")

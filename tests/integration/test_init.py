@@ -546,7 +546,7 @@ def test_two_inits_at_once_make_one_state_and_one_clear_refusal(tmp_path: Path, 
             conf.mkdir()
         both = [
             subprocess.Popen(
-                [KCM, "init", f"--conf-dir={conf}"],
+                [KCM, "init", f"--conf-dir={conf}", "--quiet"],
                 env=kcm_env(KCM_SYS_FS=sys_root),
                 stderr=subprocess.PIPE,
                 text=True,

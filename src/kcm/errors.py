@@ -43,6 +43,10 @@ class EnvironmentProblem(KcmError):
     exit_code = 6
 
 
+class CgroupError(EnvironmentProblem):
+    """A cgroup hierarchy kcm detected as usable refused a change (the message names the file)."""
+
+
 class ClusterError(KcmError):
     """The Kubernetes API refused or could not be reached."""
 

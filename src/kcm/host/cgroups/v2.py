@@ -1,0 +1,118 @@
+"""The cgroup v2 backend: booking cgroups in the unified hierarchy, with the cpuset controller.
+
+A cgroup has cpuset files only when its parent lists ``cpuset`` in ``cgroup.subtree_control``,
+which needs the same of the grandparent, and so on up to the root: kcm enables ``+cpuset`` on
+every level from the hierarchy's root down to the list's, where it is missing (on a systemd host
+with ``contrib/systemd/kcm-bookings.service`` the levels above ``<parent>`` have it already and
+are only read). The booking gets ``cpuset.cpus`` = the list, ``cpuset.mems`` = every node the
+root has. The rule that a cgroup with controllers enabled for its children holds no processes
+is kept by construction: only bookings, the leaves, ever hold processes.
+
+Concurrent creators: a level another kcm has made without enabling cpuset yet gives its
+children no cpuset files; whoever meets that enables it itself, top-down (``+cpuset`` again is
+a no-op).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from kcm.errors import CgroupError
+from kcm.host.cgroups import Backend, Booking, read_file, why, write_file
+
+CPUS = "cpuset.cpus"
+MEMS = "cpuset.mems"
+SUBTREE_CONTROL = "cgroup.subtree_control"
+
+
+class Unified(Backend):
+    """Booking cgroups in a cgroup v2 hierarchy that has the cpuset controller."""
+
+    kind = "v2"
+    # cgroup.threads can't move a thread between domain cgroups: the whole process moves.
+    MOVE_FILE = "cgroup.procs"
+    __slots__ = ()
+
+    def _make_booking(self, path: str, list_path: str, cpus: str, *, strict: bool) -> bool:
+        try:
+            os.mkdir(path, 0o755)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise CgroupError(f"cannot create {path}: {why(e)}") from None
+        root_mems = f"{self.hierarchy}/cpuset.mems.effective"
+        try:
+            mems = read_file(root_mems).strip()
+        except OSError as e:
+            raise CgroupError(f"cannot read {root_mems}: {why(e)}") from None
+        for name, value in ((CPUS, cpus), (MEMS, mems)):
+            try:
+                write_file(f"{path}/{name}", value)
+            except OSError as e:
+                # No such file (EACCES from the O_CREAT, or ENOENT): cpuset is not enabled
+                # in the list level's subtree_control yet.
+                if e.errno == errno.ENOENT or (not strict and e.errno == errno.EACCES):
+                    return False
+                raise CgroupError(f"cannot set {path}/{name} to {value}: {why(e)}") from None
+        return True
+
+    def _make_levels(self, booking: Booking) -> bool:
+        names = [*self.parent.split("/"), self.state_id, booking.pool, booking.cpu_list]
+        level = self.hierarchy
+        for name in names:
+            if not _enable_cpuset(level):
+                return False
+            level = f"{level}/{name}"
+            try:
+                os.mkdir(level, 0o755)
+            except FileExistsError:
+                pass
+            except FileNotFoundError:
+                return False
+            except OSError as e:
+                raise CgroupError(f"cannot create {level}: {why(e)}") from None
+        return _enable_cpuset(level)
+
+    def populated(self, path: str) -> bool:
+        """``populated 1`` in ``cgroup.events``: the kernel's own count, descendants included."""
+        try:
+            text = read_file(f"{path}/cgroup.events")
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise CgroupError(f"cannot read {path}/cgroup.events: {why(e)}") from None
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "populated":
+                return value.strip() == "1"
+        raise CgroupError(f"{path}/cgroup.events has no populated line")
+
+
+def _enable_cpuset(level: str) -> bool:
+    """``+cpuset`` in ``level``'s subtree_control unless it is there; False if it vanished."""
+    control = f"{level}/{SUBTREE_CONTROL}"
+    try:
+        enabled = read_file(control).split()
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise CgroupError(f"cannot read {control}: {why(e)}") from None
+    if "cpuset" in enabled:
+        return True
+    try:
+        write_file(control, "+cpuset")
+    except OSError as e:
+        if e.errno == errno.EBUSY:
+            hint = (
+                "it holds processes, and a v2 cgroup that delegates controllers may not"
+                " (a systemd unit's own cgroup: see contrib/systemd/kcm-bookings.service)"
+            )
+        elif e.errno in (errno.ENOENT, errno.EINVAL):
+            hint = "cpuset is not available there (the level above does not delegate it)"
+        else:
+            hint = why(e)
+        raise CgroupError(f"cannot enable cpuset in {control}: {hint}") from None
+    return True

@@ -287,6 +287,20 @@ def read_file(path: str) -> str:
     return b"".join(chunks).decode("ascii", "replace")
 
 
+def read_level_file(level: str, name: str) -> str | None:
+    """A level's file, stripped; None if the level itself is gone.
+
+    A kernel gives every cgroup its files; a fake tree's level may lack one, which reads as
+    empty (what a kernel shows of a level not initialised yet).
+    """
+    try:
+        return read_file(f"{level}/{name}").strip()
+    except FileNotFoundError:
+        return "" if os.path.isdir(level) else None
+    except OSError as e:
+        raise CgroupError(f"cannot read {level}/{name}: {why(e)}") from None
+
+
 def why(e: OSError) -> str:
     return e.strerror or str(e)
 
@@ -454,14 +468,14 @@ class Backend:
         return sorted(found)
 
     def _collect(self, path: str, found: set[int]) -> None:
-        try:
-            text = read_file(f"{path}/cgroup.procs")
-            children = [entry.path for entry in _child_dirs(path)]
-        except (FileNotFoundError, NotADirectoryError):
+        text = read_level_file(path, "cgroup.procs")
+        if text is None:
             return
-        except OSError as e:
-            raise CgroupError(f"cannot read {path}/cgroup.procs: {why(e)}") from None
         found.update(int(pid) for pid in text.split() if pid.isdigit())
+        try:
+            children = [entry.path for entry in _child_dirs(path)]
+        except FileNotFoundError:
+            return
         for child in children:
             self._collect(child, found)
 
@@ -493,14 +507,14 @@ class Backend:
 
     def _levels(self, path: str, strays: list[str], rel: str) -> list[os.DirEntry[str]]:
         """The sub-cgroups of a level; the level itself is a stray if it holds processes."""
+        procs = read_level_file(path, "cgroup.procs")
         try:
             children = sorted(_child_dirs(path), key=lambda entry: entry.name)
-            procs = read_file(f"{path}/cgroup.procs")
         except FileNotFoundError:
             return []
         except OSError as e:
             raise CgroupError(f"cannot read {path}: {why(e)}") from None
-        if procs.split():
+        if procs:
             strays.append(rel or ".")
         return children
 

@@ -17,7 +17,15 @@ import errno
 import os
 
 from kcm.errors import CgroupError
-from kcm.host.cgroups import Backend, Booking, read_file, same_cpus, why, write_file
+from kcm.host.cgroups import (
+    Backend,
+    Booking,
+    read_file,
+    read_level_file,
+    same_cpus,
+    why,
+    write_file,
+)
 
 CPUS = "cpuset.cpus"
 MEMS = "cpuset.mems"
@@ -93,13 +101,10 @@ def _initialise(level: str, cpus: str, mems: str, want_cpus: str | None) -> tupl
 
     ``cpus``/``mems`` are the parent's. Returns the level's own, or None if it vanished.
     """
-    try:
-        have_cpus = read_file(f"{level}/{CPUS}").strip()
-        have_mems = read_file(f"{level}/{MEMS}").strip()
-    except FileNotFoundError:
+    have_cpus = read_level_file(level, CPUS)
+    have_mems = read_level_file(level, MEMS)
+    if have_cpus is None or have_mems is None:
         return None
-    except OSError as e:
-        raise CgroupError(f"cannot read the cpuset of {level}: {why(e)}") from None
     if want_cpus is not None and not same_cpus(have_cpus, want_cpus):
         new_cpus = want_cpus
     elif not have_cpus:

@@ -19,7 +19,7 @@ import errno
 import os
 
 from kcm.errors import CgroupError
-from kcm.host.cgroups import Backend, Booking, read_file, why, write_file
+from kcm.host.cgroups import Backend, Booking, read_file, read_level_file, why, write_file
 
 CPUS = "cpuset.cpus"
 MEMS = "cpuset.mems"
@@ -94,13 +94,10 @@ class Unified(Backend):
 def _enable_cpuset(level: str) -> bool:
     """``+cpuset`` in ``level``'s subtree_control unless it is there; False if it vanished."""
     control = f"{level}/{SUBTREE_CONTROL}"
-    try:
-        enabled = read_file(control).split()
-    except FileNotFoundError:
+    enabled = read_level_file(level, SUBTREE_CONTROL)
+    if enabled is None:
         return False
-    except OSError as e:
-        raise CgroupError(f"cannot read {control}: {why(e)}") from None
-    if "cpuset" in enabled:
+    if "cpuset" in enabled.split():
         return True
     try:
         write_file(control, "+cpuset")

@@ -93,10 +93,9 @@ def test_children_and_daemons_stay_in_the_booking_after_the_command_exits(
     script = f"sleep 30{marker}1 & setsid sleep 30{marker}2 & (sleep 30{marker}3 &) ; exit 0"
     proc, _ = real.spawn_in(booking, "sh", "-c", script)
     assert proc.wait(10) == 0
-    leftovers = {
-        n: pids_of(f"sleep 30{marker}{n}") for n in (1, 2, 3)
-    }  # a plain child, a setsid daemon, a double fork
-    assert all(len(found) == 1 for found in leftovers.values()), leftovers
+    # A plain child, a setsid daemon, a double fork; setsid may fork before it execs sleep.
+    wait_for(lambda: all(len(pids_of(f"sleep 30{marker}{n}")) == 1 for n in (1, 2, 3)))
+    leftovers = {n: pids_of(f"sleep 30{marker}{n}") for n in (1, 2, 3)}
     in_booking = real.backend.pids(path)
     for n, (pid,) in leftovers.items():
         assert pid in in_booking, f"leftover {n} escaped its booking"

@@ -36,11 +36,12 @@ The lifecycle this API supports (phase 2 wires it into isolate and reconcile):
    the booking and cannot run outside its list (v1 refuses a wider ``sched_setaffinity``).
    A kill -9 at any instant leaves either no cgroup, an empty one, or one holding only
    processes started after ``enter``: none outside it, none that ``remove`` can't clean.
-2. **Release or hold by leftovers.** When the command exits, kcm ``leave(origin)``s and asks
-   ``populated(path)``. Empty: ``remove(booking)``, then release the list. Not empty (the
-   command left processes behind): the booking stays held; kcm rewrites the list's tasks to
-   name a live process of ``pids(path)`` in place of itself, and exits with the command's
-   status. The same holds when kcm is killed: its cgroup outlives it while anything in it does.
+2. **Release or hold by leftovers.** When the command exits, kcm ``leave(origin)``s and calls
+   ``remove(booking)``, the kernel's own test-and-remove: True, the cgroup was empty and is
+   gone, so kcm releases the list. False (the command left processes behind): the booking
+   stays held; kcm rewrites the list's tasks to name a live process of ``pids(path)`` in
+   place of itself, and exits with the command's status. The same holds when kcm is killed:
+   its cgroup outlives it while anything in it does.
 3. **Reclaim.** A list is free only when every recorded PID is dead (by start time) *and*
    ``populated(list_path(pool, cpu_list))`` is false: no booking cgroup under the list holds a
    process. An isolate that finds an exclusive pool full checks exactly that under the lock,

@@ -102,10 +102,15 @@ def _enable_cpuset(level: str) -> bool:
     try:
         write_file(control, "+cpuset")
     except OSError as e:
-        if e.errno == errno.EBUSY:
+        if e.errno in (errno.EBUSY, errno.EOPNOTSUPP):
+            # EBUSY: this level holds processes. EOPNOTSUPP: cpuset is threaded, so a level
+            # with processes may still enable it, but then its children are "domain invalid"
+            # (cgroup.type) and the failure shows one level down.
+            where = "it" if e.errno == errno.EBUSY else "the level above it"
             hint = (
-                "it holds processes, and a v2 cgroup that delegates controllers may not"
-                " (a systemd unit's own cgroup: see contrib/systemd/kcm-bookings.service)"
+                f"{where} holds processes, and a v2 cgroup that delegates controllers to"
+                " bookings may not (a systemd unit's own cgroup: see"
+                " contrib/systemd/kcm-bookings.service)"
             )
         elif e.errno in (errno.ENOENT, errno.EINVAL):
             hint = "cpuset is not available there (the level above does not delegate it)"

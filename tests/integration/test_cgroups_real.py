@@ -125,6 +125,27 @@ def test_remove_refuses_a_populated_booking_and_takes_an_empty_one(real: RealSub
     assert real.backend.scan().bookings == []
 
 
+def test_reclaim_frees_a_list_only_once_no_booking_of_it_holds_a_process(
+    real: RealSubtree,
+) -> None:
+    cpu = last_cpu()
+    dead = real.booking("dataplane", cpu, 1)  # its kcm died before it entered
+    held = real.booking("dataplane", cpu, 2)  # its kcm died, its command's daemon lives
+    for booking in (dead, held):
+        real.backend.create(booking)
+    proc, _ = real.spawn_in(held, "sleep", "300")
+    assert real.backend.reclaim("dataplane", cpu) is False
+    assert not os.path.exists(real.backend.path(dead))
+    assert real.backend.pids(real.backend.path(held)) == [proc.pid]
+    assert real.backend.populated(real.backend.list_path("dataplane", cpu))
+    proc.kill()
+    proc.wait(10)
+    wait_for(lambda: not real.backend.populated(real.backend.path(held)))
+    assert real.backend.reclaim("dataplane", cpu) is True
+    assert real.backend.scan().bookings == []
+    assert real.backend.reclaim("infra", cpu) is True  # a list without bookings is free
+
+
 def test_remove_takes_empty_cgroups_the_workload_made_inside(real: RealSubtree) -> None:
     booking = real.booking("infra", last_cpu())
     path = real.backend.create(booking)

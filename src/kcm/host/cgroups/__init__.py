@@ -42,12 +42,13 @@ The lifecycle this API supports (phase 2 wires it into isolate and reconcile):
    stays held; kcm rewrites the list's tasks to name a live process of ``pids(path)`` in
    place of itself, and exits with the command's status. The same holds when kcm is killed:
    its cgroup outlives it while anything in it does.
-3. **Reclaim.** A list is free only when every recorded PID is dead (by start time) *and*
-   ``populated(list_path(pool, cpu_list))`` is false: no booking cgroup under the list holds a
-   process. An isolate that finds an exclusive pool full checks exactly that under the lock,
-   ``remove``s the empty bookings of dead creators and takes the list, without waiting for
-   reconcile. A booking nobody has entered yet (its creator alive) is never taken: the
-   creator's PID is recorded and alive.
+3. **Reclaim.** A list is free only when every recorded PID is dead (by start time) *and* no
+   booking cgroup under the list holds a process. An isolate that finds an exclusive pool
+   full checks exactly that under the lock: for a list whose PIDs are all dead,
+   ``reclaim(pool, cpu_list)`` removes its empty bookings and says whether any is left; if
+   none is, the isolate clears the list's tasks and takes it, without waiting for reconcile.
+   A booking nobody has entered yet is never taken: its creator's PID is recorded and alive.
+   (``populated(list_path(pool, cpu_list))`` asks the same without removing anything.)
 4. **Remove / reconcile.** ``scan()`` lists every booking cgroup under the state's subtree and
    the ``strays`` kcm did not make. Reconcile removes the empty bookings whose creator is dead,
    reports non-empty ones that no list of the state accounts for, and checks each process of
@@ -141,8 +142,9 @@ class Unavailable:
     """No usable cgroup hierarchy, and why (one line, for ``kcm: warning: ...``).
 
     Without one, a booking is its recorded PID and the command's process group: processes that
-    leave the group (``setsid``) or outlive kcm are neither held nor fenced, and a workload may
-    widen its own affinity. The README's isolate section says exactly what still holds.
+    leave the group (``setsid``, detaching daemons) are not held, so their list may be booked
+    again while they run on it, and a workload may widen its own affinity. What still holds:
+    the command starts pinned, its children inherit the pinning, signals reach its group.
     """
 
     kind = "none"
@@ -440,6 +442,21 @@ class Backend:
         process is never removed: the kernel refuses (EBUSY) and the answer is False.
         """
         return self._remove_tree(self.path(booking))
+
+    def reclaim(self, pool: str, cpu_list: str) -> bool:
+        """Remove every empty booking cgroup of a list; whether none is left (the list is
+        free as far as cgroups go).
+
+        For a list whose recorded PIDs are all dead, under the state lock: no live kcm can be
+        between booking the list and entering its cgroup then, so an empty booking here is a
+        dead one. A populated one stays, and the answer is False.
+        """
+        list_path = self.list_path(pool, cpu_list)
+        try:
+            bookings = [entry.path for entry in _child_dirs(list_path)]
+        except FileNotFoundError:
+            return True
+        return all([self._remove_tree(path) for path in bookings])
 
     def _remove_tree(self, path: str) -> bool:
         try:

@@ -234,13 +234,23 @@ def test_leave_goes_to_the_nearest_ancestor_when_the_origin_is_gone(real: RealSu
     assert after == (f"/{real.backend.parent}" if real.backend.kind == "v1" else "/")
 
 
-def test_a_level_another_creator_left_half_made_is_completed(real: RealSubtree) -> None:
+@pytest.mark.parametrize("killed_after", ["mkdir", "cpus"])
+def test_a_level_another_creator_left_half_made_is_completed(
+    real: RealSubtree, killed_after: str
+) -> None:
     cpu = last_cpu()
     booking = real.booking("dataplane", cpu)
     list_path = real.backend.list_path(booking.pool, booking.cpu_list)
     os.makedirs(list_path)  # mkdir'ed by "another kcm", killed before it wrote anything
     if real.backend.kind == "v1":
         assert read(f"{list_path}/cpuset.cpus").strip() == ""
+        if killed_after == "cpus":  # ... or killed between its two writes of every level
+            for level in levels_down_to(real.backend, list_path):
+                source = os.path.dirname(level)
+                with open(f"{level}/cpuset.cpus", "w") as f:
+                    f.write(read(f"{source}/cpuset.cpus") if level != list_path else cpu)
+    elif killed_after == "cpus":
+        pytest.skip("a v2 level has one step (+cpuset), no half of it")
     path = real.backend.create(booking)
     if real.backend.kind == "v1":
         assert read(f"{list_path}/cpuset.cpus").strip() == cpu
@@ -252,6 +262,12 @@ def test_a_level_another_creator_left_half_made_is_completed(real: RealSubtree) 
     proc, _ = real.spawn_in(booking, "sleep", "300")
     assert cpus_allowed(proc.pid) == cpu
     assert real.backend.pids(path) == [proc.pid]
+
+
+def levels_down_to(backend: cgroups.Backend, path: str) -> list[str]:
+    """The levels from the hierarchy's first one down to ``path``, top first."""
+    parts = path[len(backend.hierarchy) + 1 :].split("/")
+    return [f"{backend.hierarchy}/{'/'.join(parts[: i + 1])}" for i in range(len(parts))]
 
 
 CREATOR = """

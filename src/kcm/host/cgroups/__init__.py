@@ -33,9 +33,11 @@ The lifecycle this API supports (phase 2 wires it into isolate and reconcile):
    booking's cgroup (``cpuset.cpus`` = the list, ``cpuset.mems`` = all nodes) and
    ``origin = enter(booking, proc_root)`` moves kcm itself in *before* it spawns the command.
    From then on every descendant of the command, daemonised, ``setsid`` or double-forked, is in
-   the booking and cannot run outside its list (v1 refuses a wider ``sched_setaffinity``).
-   A kill -9 at any instant leaves either no cgroup, an empty one, or one holding only
-   processes started after ``enter``: none outside it, none that ``remove`` can't clean.
+   the booking and cannot run outside its list (the kernel keeps any ``sched_setaffinity``
+   within the cpuset, and refuses one wholly outside it with EINVAL). A kill -9 at any
+   instant leaves no cgroup, an empty one, or one holding only processes started after
+   ``enter``: none outside it, none that ``remove`` can't clean; a level killed half-made is
+   completed by the next creator.
 2. **Release or hold by leftovers.** When the command exits, kcm ``leave(origin)``s and calls
    ``remove(booking)``, the kernel's own test-and-remove: True, the cgroup was empty and is
    gone, so kcm releases the list. False (the command left processes behind): the booking

@@ -11,10 +11,13 @@ to the run and is removed at the end. Three parts:
   one ``kcm isolate`` pays) and back to back (warm: what a loop pays);
 - lifecycle: create + enter + leave + populated + remove of one booking in this process, the
   levels above it existing (as after the first isolate on a list), medians in ms;
-- start-up: like bench.py, in a fresh venv install, alternating: ``python -c pass``, an
-  interpreter importing what isolate imports, the same plus one booking's whole lifecycle,
-  and today's ``kcm isolate --pool=infra true``; the difference between the middle two is what
-  wiring the cgroup into isolate adds, projected onto isolate's ratio.
+- start-up: like bench.py, in a fresh venv install, alternating, medians of the wall time and
+  of the CPU time (user + system, from wait4; it moves far less with the machine's load than
+  the wall time does): ``python -c pass``; an
+  interpreter doing what isolate does before it spawns (its imports, its stat, the pinning);
+  the same importing the v1 backend too; the same with one booking's whole lifecycle; and
+  today's ``kcm isolate --pool=infra true``. The difference between the second and the fourth
+  is what wiring the cgroup into isolate adds, projected onto isolate's ratio.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pathlib import Path
 from kcm.host import cgroups, procfs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench  # the sibling script: venv install, spawn timing
+import bench  # the sibling script: the venv install and the state it benchmarks
 
 # What isolate does about pinning today (its imports, its own stat, the affinity), without and
 # with the booking cgroup around it: the difference is what phase 2 adds to every isolate.
@@ -42,6 +45,7 @@ from kcm.host import procfs
 me = procfs.self_stat("/proc")
 os.sched_setaffinity(0, {{{cpus}}})
 """
+IMPORTS = PINNING + "import kcm.host.cgroups.v1\n"
 LIFECYCLE = """
 import os, kcm.isolate
 from kcm.host import cgroups, procfs
@@ -126,17 +130,50 @@ def lifecycle(backend: cgroups.Backend, cpus: str, rounds: int) -> dict[str, flo
     return {key: median(values) for key, values in steps.items()}
 
 
-def startup(cpus: str, parent: str, rounds: int) -> dict[str, float]:
+def spawn(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall time and CPU time (user + system) of one run of ``argv``, in ms."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        start = time.perf_counter()
+        pid = os.posix_spawn(argv[0], argv, env, file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 1)])
+        _, status, usage = os.wait4(pid, 0)
+        wall = time.perf_counter() - start
+    finally:
+        os.close(devnull)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"benchmark command failed: {argv}")
+    return wall * 1000, (usage.ru_utime + usage.ru_stime) * 1000
+
+
+def measure(
+    commands: dict[str, list[str]], env: dict[str, str], rounds: int
+) -> dict[str, tuple[float, float]]:
+    """Alternating rounds; each command's median wall and CPU times."""
+    walls: dict[str, list[float]] = {name: [] for name in commands}
+    cpus: dict[str, list[float]] = {name: [] for name in commands}
+    for argv in commands.values():  # warm caches
+        for _ in range(3):
+            spawn(argv, env)
+    for _ in range(rounds):
+        for name, argv in commands.items():
+            wall, cpu = spawn(argv, env)
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+    return {name: (median(walls[name]), median(cpus[name])) for name in commands}
+
+
+def startup(cpus: str, parent: str, rounds: int) -> dict[str, tuple[float, float]]:
     with tempfile.TemporaryDirectory(prefix="kcm-bench-cg-") as tmp:
         where = Path(tmp)
         bin_dir = bench.make_venv(where / "venv")
         python = str(bin_dir / "python")
         conf = bench.build_isolate_state(bin_dir, where)
         env = {**os.environ, "KCM_PROC_FS": "/proc"}
-        return bench.measure(
+        return measure(
             {
                 "python -c pass": [python, "-c", "pass"],
                 "isolate's imports, stat and pinning": [python, "-c", PINNING.format(cpus=cpus)],
+                "... + importing the v1 backend": [python, "-c", IMPORTS.format(cpus=cpus)],
                 "... + one booking cgroup (detect, create, enter, leave, remove)": [
                     python,
                     "-c",
@@ -183,18 +220,27 @@ def main() -> int:
                 print(f"| {step} | {ms:.3f} |")
             if not options.no_startup:
                 medians = startup(cpus, parent, options.rounds)
-                base = medians["python -c pass"]
+                base_wall, base_cpu = medians["python -c pass"]
                 print(f"\n{options.rounds} alternating rounds\n")
-                print("| command | median (ms) | vs `python -c pass` |")
-                print("| --- | ---: | ---: |")
-                for name, ms in medians.items():
-                    print(f"| `{name}` | {ms:.2f} | {ms / base:.2f}x |")
-                names = list(medians)
-                added = medians[names[2]] - medians[names[1]]
-                isolate = medians[names[3]]
                 print(
-                    f"\nthe cgroup adds {added:.2f} ms; isolate with it would be"
-                    f" {(isolate + added) / base:.2f}x (target <= 1.5x)"
+                    "| command | wall median (ms) | vs `-c pass` | CPU median (ms) | vs `-c pass` |"
+                )
+                print("| --- | ---: | ---: | ---: | ---: |")
+                for name, (wall, cpu) in medians.items():
+                    print(
+                        f"| `{name}` | {wall:.2f} | {wall / base_wall:.2f}x | {cpu:.2f} |"
+                        f" {cpu / base_cpu:.2f}x |"
+                    )
+                names = list(medians)
+                for i, what in ((0, "wall"), (1, "CPU")):
+                    imports = medians[names[2]][i] - medians[names[1]][i]
+                    added = medians[names[3]][i] - medians[names[1]][i]
+                    print(f"{what}: the cgroup adds {added:.2f} ms ({imports:.2f} of it imports)")
+                isolate = medians[names[4]][0]
+                added_cpu = medians[names[3]][1] - medians[names[1]][1]
+                print(
+                    f"isolate today {isolate / base_wall:.2f}x; with the cgroup's CPU time added"
+                    f" {(isolate + added_cpu) / base_wall:.2f}x (target <= 1.5x)"
                 )
         finally:
             for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):

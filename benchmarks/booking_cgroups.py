@@ -1,6 +1,6 @@
 """What a booking cgroup costs: the moves, one booking's lifecycle, and kcm isolate's start-up.
 
-    .venv/bin/python benchmarks/cgroups.py [--rounds N] [--no-startup]
+    .venv/bin/python benchmarks/booking_cgroups.py [--rounds N] [--no-startup]
 
 Needs root and a writable cpuset hierarchy (v1 on the development host; v2 in the guest, where
 ``--no-startup`` skips the fresh-venv part). Everything it creates lives under a parent unique
@@ -12,12 +12,11 @@ to the run and is removed at the end. Three parts:
 - lifecycle: create + enter + leave + populated + remove of one booking in this process, the
   levels above it existing (as after the first isolate on a list), medians in ms;
 - start-up: like bench.py, in a fresh venv install, alternating, medians of the wall time and
-  of the CPU time (user + system, from wait4; it moves far less with the machine's load than
-  the wall time does): ``python -c pass``; an
-  interpreter doing what isolate does before it spawns (its imports, its stat, the pinning);
-  the same importing the v1 backend too; the same with one booking's whole lifecycle; and
-  today's ``kcm isolate --pool=infra true``. The difference between the second and the fourth
-  is what wiring the cgroup into isolate adds, projected onto isolate's ratio.
+  of the CPU time (user + system, from wait4, which the machine's load moves far less than
+  the wall time). The commands: ``python -c pass``; what isolate does before it spawns (its
+  imports, its stat, the pinning); the same importing the v1 backend too; the same with one
+  booking's whole lifecycle; today's ``kcm isolate --pool=infra true``. The difference
+  between the second and the fourth is what wiring the cgroup into isolate adds.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The cgroup backends' logic over fake cgroup trees of plain files (KCM_CGROUP_FS-style roots).
 
-What a kernel would refuse or enforce is tested for real in test_cgroups_real.py; here: which
-hierarchy is detected, what each level is given, what moves write, what scans and look-ups
-report, on layouts this host doesn't have (v2, hybrid, nested systemd parents).
+What a kernel would refuse or enforce is tested for real in test_cgroups_real.py, the order
+in which levels are initialised among it (the kernel refuses a level before its parent); here:
+which hierarchy is detected, what each level is given, what moves write, what scans and
+look-ups report, on layouts this host doesn't have (v2, hybrid, nested systemd parents).
 """
 
 from __future__ import annotations

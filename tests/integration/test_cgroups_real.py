@@ -70,6 +70,31 @@ def test_a_process_in_a_booking_runs_only_on_the_list(real: RealSubtree) -> None
     assert real.backend.populated(path)
 
 
+def test_every_level_is_initialised_top_down(real: RealSubtree) -> None:
+    # The kernel is the judge of the order: v1 refuses CPUs or nodes on a level before its
+    # parent has them (EACCES), v2 has no cpuset files below a level that doesn't enable it.
+    cpu = last_cpu()
+    parent = f"{real.backend.parent}/a/b"  # a nested parent: more levels, all new
+    backend = cgroups.detect(real.conf, root=real.root, parent=parent)
+    assert isinstance(backend, cgroups.Backend)
+    booking = real.booking("dataplane", cpu)
+    path = backend.create(booking)
+    levels = levels_down_to(backend, path)
+    hierarchy = backend.hierarchy
+    if backend.kind == "v1":
+        for level in levels[:-2]:
+            assert read(f"{level}/cpuset.cpus") == read(f"{hierarchy}/cpuset.cpus"), level
+            assert read(f"{level}/cpuset.mems") == read(f"{hierarchy}/cpuset.mems"), level
+        for level in levels[-2:]:
+            assert read(f"{level}/cpuset.cpus").strip() == cpu, level
+    else:
+        for level in [hierarchy, *levels[:-1]]:
+            assert "cpuset" in read(f"{level}/cgroup.subtree_control").split(), level
+        assert read(f"{path}/cpuset.cpus").strip() == cpu
+    proc, _ = real.spawn_in(booking, "sleep", "300", parent=parent)
+    assert cpus_allowed(proc.pid) == cpu
+
+
 def test_widening_the_affinity_inside_a_booking_fails(real: RealSubtree) -> None:
     if len(online_cpus()) < 2:
         pytest.skip("needs a CPU outside the booking")

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ import pytest
 from kcm.errors import CgroupError
 from kcm.host import cgroups
 from tests.fixtures.cgroups import RealSubtree, cpus_allowed, online_cpus, read, real_subtree
+
+subtree = contextmanager(real_subtree)
 
 pytestmark = pytest.mark.root
 
@@ -259,34 +262,40 @@ def test_leave_goes_to_the_nearest_ancestor_when_the_origin_is_gone(real: RealSu
     assert after == (f"/{real.backend.parent}" if real.backend.kind == "v1" else "/")
 
 
-@pytest.mark.parametrize("killed_after", ["mkdir", "cpus"])
+HALF_MADE = [
+    ("v1", "mkdir"),
+    ("v1", "cpus"),  # v1 only: a v2 level has one step (+cpuset), no half of it
+    pytest.param("v2", "mkdir", marks=pytest.mark.guest("v2")),
+]
+
+
+@pytest.mark.parametrize(("kind", "killed_after"), HALF_MADE)
 def test_a_level_another_creator_left_half_made_is_completed(
-    real: RealSubtree, killed_after: str
+    kind: str, killed_after: str, tmp_path: Path
 ) -> None:
-    cpu = last_cpu()
-    booking = real.booking("dataplane", cpu)
-    list_path = real.backend.list_path(booking.pool, booking.cpu_list)
-    os.makedirs(list_path)  # mkdir'ed by "another kcm", killed before it wrote anything
-    if real.backend.kind == "v1":
-        assert read(f"{list_path}/cpuset.cpus").strip() == ""
+    with subtree(kind, str(tmp_path)) as real:
+        cpu = last_cpu()
+        booking = real.booking("dataplane", cpu)
+        list_path = real.backend.list_path(booking.pool, booking.cpu_list)
+        os.makedirs(list_path)  # mkdir'ed by "another kcm", killed before it wrote anything
+        if kind == "v1":
+            assert read(f"{list_path}/cpuset.cpus").strip() == ""
         if killed_after == "cpus":  # ... or killed between its two writes of every level
             for level in levels_down_to(real.backend, list_path):
                 source = os.path.dirname(level)
                 with open(f"{level}/cpuset.cpus", "w") as f:
                     f.write(read(f"{source}/cpuset.cpus") if level != list_path else cpu)
-    elif killed_after == "cpus":
-        pytest.skip("a v2 level has one step (+cpuset), no half of it")
-    path = real.backend.create(booking)
-    if real.backend.kind == "v1":
-        assert read(f"{list_path}/cpuset.cpus").strip() == cpu
-        assert read(f"{real.backend.subtree}/cpuset.cpus") == read(
-            f"{real.backend.hierarchy}/cpuset.cpus"
-        )
-    else:
-        assert "cpuset" in read(f"{list_path}/cgroup.subtree_control").split()
-    proc, _ = real.spawn_in(booking, "sleep", "300")
-    assert cpus_allowed(proc.pid) == cpu
-    assert real.backend.pids(path) == [proc.pid]
+        path = real.backend.create(booking)
+        if kind == "v1":
+            assert read(f"{list_path}/cpuset.cpus").strip() == cpu
+            assert read(f"{real.backend.subtree}/cpuset.cpus") == read(
+                f"{real.backend.hierarchy}/cpuset.cpus"
+            )
+        else:
+            assert "cpuset" in read(f"{list_path}/cgroup.subtree_control").split()
+        proc, _ = real.spawn_in(booking, "sleep", "300")
+        assert cpus_allowed(proc.pid) == cpu
+        assert real.backend.pids(path) == [proc.pid]
 
 
 def levels_down_to(backend: cgroups.Backend, path: str) -> list[str]:
@@ -394,18 +403,18 @@ def test_set_cpuset_narrows_a_booking(real: RealSubtree) -> None:
     assert cpus_allowed(proc.pid) == str(cpus[-1])
 
 
-def test_set_cpuset_outside_the_list_is_an_error_naming_the_file(real: RealSubtree) -> None:
-    if real.backend.kind != "v1":
-        pytest.skip("v2 takes any CPUs and intersects them with the parent's")
-    cpus = sorted(online_cpus())
-    if len(cpus) < 2:
-        pytest.skip("needs two CPUs")
-    booking = real.booking("dataplane", str(cpus[-1]))
-    path = real.backend.create(booking)
-    with pytest.raises(CgroupError) as caught:
-        real.backend.set_cpuset(booking, cpus=str(cpus[0]))
-    assert f"{path}/cpuset.cpus" in caught.value.message
-    assert "\n" not in caught.value.message
+def test_v1_set_cpuset_outside_the_list_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    # v2 takes any CPUs and intersects them with the parent's: v1 only.
+    with subtree("v1", str(tmp_path)) as real:
+        cpus = sorted(online_cpus())
+        if len(cpus) < 2:
+            pytest.skip("needs two CPUs")
+        booking = real.booking("dataplane", str(cpus[-1]))
+        path = real.backend.create(booking)
+        with pytest.raises(CgroupError) as caught:
+            real.backend.set_cpuset(booking, cpus=str(cpus[0]))
+        assert f"{path}/cpuset.cpus" in caught.value.message
+        assert "\n" not in caught.value.message
 
 
 def test_detect_on_this_host_finds_its_hierarchy(tmp_path: Path) -> None:

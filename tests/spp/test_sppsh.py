@@ -90,14 +90,23 @@ def test_expired_leases_are_not_running_vms(leases) -> None:  # type: ignore[no-
 @pytest.mark.parametrize(
     ("args", "argv"),
     [
-        (["0"], "ssh 192.168.122.157"),
-        (["12"], "ssh 192.168.122.12"),
-        (["spp1"], "ssh 192.168.122.57"),
-        (["192.168.122.99"], "ssh 192.168.122.99"),
-        (["-a", "user1", "spp0"], "ssh user1@192.168.122.157"),
-        (["-a", "root", "2"], "ssh root@fd00:122::3a"),
+        (["0"], "ssh -- 192.168.122.157"),
+        (["12"], "ssh -- 192.168.122.12"),
+        (["spp1"], "ssh -- 192.168.122.57"),
+        (["192.168.122.99"], "ssh -- 192.168.122.99"),
+        (["-a", "user1", "spp0"], "ssh -l user1 -- 192.168.122.157"),
+        (["-a", "root", "2"], "ssh -l root -- fd00:122::3a"),
+        (["FD00:122:0::3A"], "ssh -- fd00:122::3a"),
     ],
-    ids=["by-id", "by-two-digit-id", "by-host", "by-ip-without-hostname", "as-user", "ipv6"],
+    ids=[
+        "by-id",
+        "by-two-digit-id",
+        "by-host",
+        "by-ip-without-hostname",
+        "as-user",
+        "ipv6",
+        "ipv6-spelled-otherwise",
+    ],
 )
 def test_login_target_and_ssh_argv(leases, args: list[str], argv: str) -> None:  # type: ignore[no-untyped-def]
     result = run_cli(SPPSH, "--print", "--lease-file", leases(MANY), *args)
@@ -133,7 +142,7 @@ def test_login_execs_ssh_with_the_argv(tmp_path: Path) -> None:
         return None
 
     assert sppsh.main(["-a", "spp", "1", "--lease-file", str(path)], exec_fn=fake_exec) == 0
-    assert calls == [("ssh", ["ssh", "spp@192.168.122.57"])]
+    assert calls == [("ssh", ["ssh", "-l", "spp", "--", "192.168.122.57"])]
 
 
 @pytest.mark.parametrize(
@@ -213,6 +222,5 @@ def test_json_python_cannot_read_is_a_lease_error(content: str, message: str) ->
 )
 def test_vm_id_is_the_host_names_trailing_number(host: str, vm_id: int | None) -> None:
     started = time.monotonic()
-    text = json.dumps([lease("10.0.0.1", host)])
-    assert [x.vm_id for x in sppsh.parse_leases(text, "virbr0.status", 0)] == [vm_id]
+    assert sppsh.Lease("10.0.0.1", "", host, None).vm_id == vm_id
     assert time.monotonic() - started < 1

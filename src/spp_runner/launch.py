@@ -213,16 +213,12 @@ def _wait(step: _Step, what: str, ready: Callable[[], bool], timeout: float) -> 
         if pane is None:
             raise step.failed(f"its window closed while waiting for {what}")
         if pane.dead:
-            # tmux may see the pty close before it has the exit status and the last output.
+            # tmux may see the pty close a moment before it has reaped the process.
             settle = time.monotonic() + 1.0
-            while pane is not None and pane.dead_status is None and time.monotonic() < settle:
+            while pane is not None and pane.exit_unknown and time.monotonic() < settle:
                 time.sleep(POLL)
                 pane = step.pane()
-            time.sleep(2 * POLL)
-            status = ""
-            if pane is not None and pane.dead_status is not None:
-                status = f" with status {pane.dead_status}"
-            raise step.failed(f"the process exited{status} while waiting for {what}")
+            raise step.failed(f"the process {_ending(pane)} while waiting for {what}")
         if ready():
             return
         if time.monotonic() >= deadline:
@@ -231,6 +227,15 @@ def _wait(step: _Step, what: str, ready: Callable[[], bool], timeout: float) -> 
                 hint = " (if sudo asks for a password, type it in that window)"
             raise step.failed(f"not ready after {timeout:g}s: still waiting for {what}{hint}")
         time.sleep(POLL)
+
+
+def _ending(pane: Pane | None) -> str:
+    """How a dead pane's process ended, as the end of "the process ..."."""
+    if pane is not None and pane.dead_status is not None:
+        return f"exited with status {pane.dead_status}"
+    if pane is not None and pane.dead_signal is not None:
+        return f"was killed by signal {pane.dead_signal}"
+    return "exited"
 
 
 def _primary_ready(step: _Step, since: float) -> bool:
@@ -431,7 +436,12 @@ def status(tmux: Tmux, session: str, proc_root: str = "/proc") -> list[WindowSta
         if pane is None:
             state = "gone"
         elif main is None:
-            state = "dead" if pane.dead_status is None else f"dead (exit {pane.dead_status})"
+            if pane.dead_status is not None:
+                state = f"dead (exit {pane.dead_status})"
+            elif pane.dead_signal is not None:
+                state = f"dead (signal {pane.dead_signal})"
+            else:
+                state = "dead"
         else:
             state = "alive"
         cpus = procfs.read_cpus_allowed(proc_root, main.pid) if main else None

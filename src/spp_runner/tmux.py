@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
+import time
 from dataclasses import dataclass
 
 import libtmux
@@ -18,9 +20,19 @@ PLAN_OPTION = "@spp-runner-plan"
 # A window first runs this, so that remain-on-exit is set before the real command starts
 # and a command that dies at once still leaves its output in the window.
 _PLACEHOLDER = "exec sleep 2147483647"
-_PANE_FORMAT = (
-    "#{window_id}\t#{window_name}\t#{pane_id}\t#{pane_pid}\t#{pane_dead}\t#{pane_dead_status}"
+_PANE_FORMAT = "\t".join(
+    (
+        "#{window_id}",
+        "#{pane_id}",
+        "#{pane_pid}",
+        "#{pane_dead}",
+        "#{pane_dead_status}",
+        "#{pane_dead_signal}",
+        "#{window_name}",  # last: a name a user gave may hold tabs
+    )
 )
+# How long panes() waits for tmux to reap a dead pane's process once it has been reminded.
+_REAP_WAIT = 0.5
 
 
 @dataclass(frozen=True)
@@ -33,6 +45,12 @@ class Pane:
     pid: int | None
     dead: bool
     dead_status: int | None
+    dead_signal: int | None = None
+
+    @property
+    def exit_unknown(self) -> bool:
+        """Dead, and tmux has neither the exit status nor the signal that ended it."""
+        return self.dead and self.dead_status is None and self.dead_signal is None
 
 
 def shell_command(argv: tuple[str, ...] | list[str]) -> str:
@@ -123,10 +141,42 @@ class Tmux:
         out = self._cmd("show-options", "-q", "-v", "-t", f"={session}:", PLAN_OPTION)
         return out[0] if out else None
 
+    def server_pid(self) -> int | None:
+        out = self._cmd("display-message", "-p", "#{pid}")
+        return int(out[0]) if out and out[0].isdigit() else None
+
     def panes(self, session: str) -> list[Pane]:
+        """The session's panes, each dead one with how its process ended.
+
+        tmux learns a pane's exit status from SIGCHLD, and tmux 3.3 (built with libutempter,
+        as Debian's is) loses that signal when the pane's process exits while utempter's
+        helper runs: the helper's fork sets SIGCHLD to SIG_DFL for a moment, and a pane that
+        dies in that moment stays an unreaped zombie, read as dead with no status, for good
+        (until some other child of the server exits). A second SIGCHLD makes the server's
+        handler run its waitpid loop, which reaps the zombie and records the status.
+        """
+        panes = self._list_panes(session)
+        if any(p.exit_unknown for p in panes):
+            pid = self.server_pid()
+            deadline = time.monotonic() + _REAP_WAIT
+            while pid is not None and any(p.exit_unknown for p in panes):
+                try:
+                    os.kill(pid, signal.SIGCHLD)
+                except OSError:
+                    break
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.02)
+                panes = self._list_panes(session)
+        return panes
+
+    def _list_panes(self, session: str) -> list[Pane]:
         panes = []
         for line in self._cmd("list-panes", "-s", "-t", f"={session}", "-F", _PANE_FORMAT):
-            window_id, name, pane_id, pid, dead, status = line.split("\t")
+            fields = line.split("\t", 6)
+            if len(fields) != 7 or not fields[0].startswith("@"):
+                continue  # the rest of a window name that holds a newline
+            window_id, pane_id, pid, dead, status, dead_signal, name = fields
             panes.append(
                 Pane(
                     window_id=window_id,
@@ -135,6 +185,7 @@ class Tmux:
                     pid=int(pid) if pid.isdigit() else None,
                     dead=dead == "1",
                     dead_status=int(status) if status.lstrip("-").isdigit() else None,
+                    dead_signal=int(dead_signal) if dead_signal.isdigit() else None,
                 )
             )
         return panes

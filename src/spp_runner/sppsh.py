@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from spp_runner.errors import LeaseError, SppError, UsageError
+from spp_runner.escape import shown
 
 PROG = "sppsh"
 DEFAULT_LEASE_FILE = "/var/lib/libvirt/dnsmasq/virbr0.status"
@@ -38,7 +39,6 @@ MAX_HOST_NAME = 253  # the longest DNS name
 # Letters, digits, '-', '_' and '.', starting with a letter, digit or '_': nothing ssh or a
 # shell reads as an option, a user ("@"), a port (":"), a path or a quote.
 _HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-_SHOWN = 64  # characters of a refused value a message shows
 
 
 @dataclass(frozen=True)
@@ -79,13 +79,6 @@ class LeaseFile:
 
     leases: list[Lease]
     refused: list[Refusal]
-
-
-def shown(value: str) -> str:
-    """``value`` quoted with every control or invisible character escaped, cut to a line."""
-    if len(value) > _SHOWN:
-        return f"{value[:_SHOWN]!r}... ({len(value)} characters)"
-    return repr(value)
 
 
 def address_problem(text: str) -> str | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from spp_runner import sppsh
+from spp_runner.escape import shown
 
 from .conftest import SPPSH, VENV_BIN, write_exec
 
@@ -92,7 +93,7 @@ def refused_proxy_lease(guests: Guests) -> str:
     proxy = PROXY.format(mark=guests.mark)
     guests.write([lease(proxy, "spp3"), lease("192.168.122.4", "spp4")])
     return (
-        f"sppsh: warning: {guests.leases}: entry 0 refused: ip-address {sppsh.shown(proxy)} is "
+        f"sppsh: warning: {guests.leases}: entry 0 refused: ip-address {shown(proxy)} is "
         "not an IPv4 or IPv6 address\n"
     )
 
@@ -183,7 +184,7 @@ def test_a_host_name_that_is_not_plain_is_refused_and_shown_escaped(
     # Nothing from the file reaches the terminal raw: every character printed is plain.
     for out in (result.stdout, result.stderr):
         assert all(ch == "\n" or (ch.isprintable() and ord(ch) < 0x7F) for ch in out), out
-    assert sppsh.shown(host)[:20] in result.stderr  # escaped, not dropped
+    assert shown(host)[:20] in result.stderr  # escaped, not dropped
 
     login = guests.sppsh("3")
     assert login.returncode == 1

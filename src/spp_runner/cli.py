@@ -12,6 +12,7 @@ from kcm.errors import KcmError
 from spp_runner import config, images, launch, plan, report
 from spp_runner.errors import SppError, UsageError
 from spp_runner.host import read_host
+from spp_runner.progress import Progress
 from spp_runner.tmux import Tmux
 
 PROG = "spp-wakeup"
@@ -120,6 +121,12 @@ def parser() -> argparse.ArgumentParser:
         "--no-attach", action="store_true", help="leave the session detached after starting it"
     )
     p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress lines on stderr while each step waits (errors still show)",
+    )
+    p.add_argument(
         "--timeout",
         type=_seconds,
         default=launch.DEFAULT_TIMEOUT,
@@ -176,9 +183,9 @@ def run(argv: list[str] | None = None) -> int:
     if args.status:
         if not _SESSION_RE.match(args.session):
             raise UsageError(f"--session {args.session!r} is not a session name")
-        rows = launch.status(tmux, args.session)
-        print(report.render_status(args.session, rows))
-        return 0 if all(r.alive for r in rows) else 1
+        state = launch.status(tmux, args.session)
+        print(report.render_status(args.session, state))
+        return 0 if state.all_alive else 1
     if args.down:
         if not _SESSION_RE.match(args.session):
             raise UsageError(f"--session {args.session!r} is not a session name")
@@ -200,7 +207,8 @@ def run(argv: list[str] | None = None) -> int:
             _warn(f"a real launch would stop here: {problem}")
         return 0
 
-    launch.launch(the_plan, tmux, timeout=args.timeout, log=_say)
+    progress = Progress(None) if args.quiet else Progress.on(sys.stderr)
+    launch.launch(the_plan, tmux, timeout=args.timeout, log=_say, progress=progress)
     attach = tmux.attach_argv(the_plan.session)
     if args.no_attach or not (sys.stdin.isatty() and sys.stdout.isatty()):
         print(f"session '{the_plan.session}' is up; attach with: {' '.join(attach)}")

@@ -15,10 +15,14 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
-from spp_runner import eal, images, procfs, telemetry
+from spp_runner import eal, images, procfs, record, telemetry
 from spp_runner.errors import LaunchError, MissingError, SessionError
+from spp_runner.escape import shown
 from spp_runner.plan import Plan, Role, Window, from_json, to_json
+from spp_runner.progress import Progress
+from spp_runner.record import Started
 from spp_runner.tmux import Pane, Tmux
 
 DEFAULT_TIMEOUT = 30.0
@@ -165,6 +169,10 @@ def preflight(plan: Plan, proc_root: str = "/proc") -> list[str]:
 
 # ----------------------------------------------------------------------------- launch
 
+# A readiness check: None once the step is ready, else what has not been seen yet, phrased
+# for the timeout message ("<what> never appeared").
+Missing = Callable[[], "str | None"]
+
 
 @dataclass
 class _Step:
@@ -174,6 +182,7 @@ class _Step:
     tmux: Tmux
     proc_root: str
     started: float
+    progress: Progress
 
     def pane(self) -> Pane | None:
         return self.tmux.pane(self.plan.session, self.window_id)
@@ -205,12 +214,14 @@ class _Step:
         return LaunchError(*lines)
 
 
-def _wait(step: _Step, what: str, ready: Callable[[], bool], timeout: float) -> None:
-    """Poll ``ready`` until it holds; fail at once if the window's process ends."""
+def _wait(step: _Step, what: str, missing: Missing, timeout: float) -> None:
+    """Poll ``missing`` until nothing is; fail at once if the window's process ends."""
     deadline = time.monotonic() + timeout
     while True:
+        step.progress.tick()
         pane = step.pane()
         if pane is None:
+            step.progress.failed("its window closed")
             raise step.failed(f"its window closed while waiting for {what}")
         if pane.dead:
             # tmux may see the pty close a moment before it has reaped the process.
@@ -218,14 +229,17 @@ def _wait(step: _Step, what: str, ready: Callable[[], bool], timeout: float) -> 
             while pane is not None and pane.exit_unknown and time.monotonic() < settle:
                 time.sleep(POLL)
                 pane = step.pane()
+            step.progress.failed(f"the process {_ending(pane)}")
             raise step.failed(f"the process {_ending(pane)} while waiting for {what}")
-        if ready():
+        not_seen = missing()
+        if not_seen is None:
             return
         if time.monotonic() >= deadline:
             hint = ""
             if step.plan.uses_sudo and step.window.argv[:1] == ("sudo",):
                 hint = " (if sudo asks for a password, type it in that window)"
-            raise step.failed(f"not ready after {timeout:g}s: still waiting for {what}{hint}")
+            step.progress.timed_out(timeout, not_seen)
+            raise step.failed(f"timed out after {timeout:g} s: {not_seen}{hint}")
         time.sleep(POLL)
 
 
@@ -238,103 +252,155 @@ def _ending(pane: Pane | None) -> str:
     return "exited"
 
 
-def _primary_ready(step: _Step, since: float) -> bool:
-    """The primary's EAL is up (it holds its runtime config) and so is its packet memory.
+def _primary_missing(step: _Step, since: float) -> str | None:
+    """What of a ready primary is not there yet: its EAL is up (it holds its runtime config)
+    and so is its packet memory.
 
     EAL takes the config lock early; secondaries need the mempool the primary creates after
     it, or they fail to find it. DPDK's telemetry socket says when a mempool exists; where
     there is no telemetry (older DPDK, or another user's files) the primary must hold the
     config, serve its vhost sockets, and stay up a moment.
     """
-    config = eal.runtime_config(step.plan.runtime_dir)
+    runtime_dir = step.plan.runtime_dir
+    config = eal.runtime_config(runtime_dir)
+    if step.main() is None:
+        return "the primary's process never started"
     locked = config_locked(config)
     if locked is None:
         # Not readable by us (sudo): a config written since this launch began.
         try:
-            locked = os.stat(config).st_mtime >= step.started - 1
+            if os.stat(config).st_mtime < step.started - 1:
+                return f"{config} was never written by this primary (it is older)"
         except OSError:
-            locked = False
-    if not locked:
-        return False
-    if not telemetry.has_socket(step.plan.runtime_dir):
-        return _sockets_exist(step.window.vhost_sockets) and _stays_up(step, since)
-    answer = telemetry.mempools(step.plan.runtime_dir)
+            return f"{config} never appeared"
+    elif not locked:
+        return f"{config} was never locked by a live primary"
+    answer = telemetry.mempools(runtime_dir) if telemetry.has_socket(runtime_dir) else None
     if answer is None:
-        return _sockets_exist(step.window.vhost_sockets) and _stays_up(step, since)
+        absent = [p for p in step.window.vhost_sockets if not os.path.exists(p)]
+        if absent:
+            return f"{absent[0]} never appeared"
+        return _stayed_up(step, since, "the primary")
     pid, pools = answer
     pane = step.pane()
     if pid is not None and pane is not None and pane.pid is not None:
         ours = {s.pid for s in procfs.descendants(procfs.all_stats(step.proc_root), pane.pid)}
         if pid not in ours:
-            return False  # a stale socket of an earlier primary
-    return bool(pools)
+            return (
+                f"DPDK telemetry in {runtime_dir} never answered for this primary (only an "
+                f"earlier one's stale socket, pid {pid})"
+            )
+    if not pools:
+        return "the primary's mempool never appeared in DPDK telemetry"
+    return None
 
 
-def _secondary_ready(step: _Step) -> bool | None:
-    """Whether the secondary has attached (its multi-process socket is in the runtime dir).
+def _secondary_missing(step: _Step, since: float) -> str | None:
+    """Whether the secondary has attached: its multi-process socket is in the runtime dir.
 
-    None when the runtime dir cannot be listed (another user's), so it cannot be told.
+    Where the runtime dir cannot be listed (another user's), it must stay up a moment.
     """
     main = step.main()
     if main is None:
-        return False
+        return "the secondary's process never started"
     stats = procfs.all_stats(step.proc_root)
     pane = step.pane()
     pids = {s.pid for s in procfs.descendants(stats, pane.pid)} if pane and pane.pid else set()
+    runtime_dir = step.plan.runtime_dir
     try:
-        names = os.listdir(step.plan.runtime_dir)
+        names = os.listdir(runtime_dir)
     except PermissionError:
-        return None
+        return _stayed_up(step, since, "the secondary")
     except OSError:
-        return False
+        names = []
     patterns = [eal.secondary_socket_pattern(pid) for pid in pids]
-    return any(p.match(name) for p in patterns for name in names)
+    if any(p.match(name) for p in patterns for name in names):
+        return None
+    return f"{runtime_dir}/mp_socket_{main.pid}_* never appeared"
 
 
-def _stays_up(step: _Step, since: float) -> bool:
-    return step.main() is not None and time.monotonic() - since >= SETTLE
+def _stayed_up(step: _Step, since: float, who: str) -> str | None:
+    if step.main() is None:
+        return f"{who} never started"
+    if time.monotonic() - since < SETTLE:
+        return f"{who} was not up for {SETTLE:g} s"
+    return None
+
+
+def _controller_missing(plan: Plan) -> str | None:
+    for port in plan.controller_ports:
+        if not accepts(plan.controller_host, port):
+            return f"{plan.controller_host}:{port} never accepted a connection"
+    return None
+
+
+def _sockets_missing(paths: tuple[str, ...]) -> str | None:
+    absent = [p for p in paths if not os.path.exists(p)]
+    return f"{absent[0]} never appeared" if absent else None
+
+
+def _ready_when(plan: Plan, w: Window) -> str | None:
+    """What the window's process must show to be ready (None: nothing, it just runs)."""
+    if w.role is Role.CONTROLLER:
+        ports = " and ".join(f"{plan.controller_host}:{p}" for p in plan.controller_ports)
+        return f"{ports} to accept connections"
+    if w.role is Role.PRIMARY:
+        return (
+            f"the primary's DPDK runtime config {eal.runtime_config(plan.runtime_dir)} and "
+            "packet memory"
+        )
+    if w.role is Role.SECONDARY:
+        return f"the secondary to attach to the primary (in {plan.runtime_dir})"
+    if w.role.is_vm:
+        return "QEMU to stay up"
+    return None
+
+
+def _sockets_wanted(w: Window) -> str:
+    return f"vhost sockets {', '.join(w.vhost_sockets)} (served by the primary)"
+
+
+def _waits_for(plan: Plan, w: Window) -> str | None:
+    """What the step of ``w`` waits for, as its progress line names it (None: nothing)."""
+    if w.role is Role.VHOST_VM and w.vhost_sockets:
+        return f"{_sockets_wanted(w)}, then QEMU"
+    return _ready_when(plan, w)
 
 
 def _ready(step: _Step, timeout: float) -> None:
     w = step.window
     plan = step.plan
+    what = _ready_when(plan, w)
+    if what is None:
+        return
+    since = time.monotonic()
+    missing: Missing
     if w.role is Role.CONTROLLER:
-        for port in plan.controller_ports:
-            _wait(
-                step,
-                f"{plan.controller_host}:{port} to accept connections",
-                lambda port=port: accepts(plan.controller_host, port),  # type: ignore[misc]
-                timeout,
-            )
+        missing = partial(_controller_missing, plan)
     elif w.role is Role.PRIMARY:
-        since = time.monotonic()
-        _wait(
-            step,
-            f"the primary's DPDK runtime config {eal.runtime_config(plan.runtime_dir)} and "
-            "packet memory",
-            lambda: step.main() is not None and _primary_ready(step, since),
-            timeout,
-        )
+        missing = partial(_primary_missing, step, since)
     elif w.role is Role.SECONDARY:
-        since = time.monotonic()
-
-        def attached() -> bool:
-            result = _secondary_ready(step)
-            return _stays_up(step, since) if result is None else result
-
-        _wait(
-            step,
-            f"the secondary to attach to the primary (in {plan.runtime_dir})",
-            attached,
-            timeout,
-        )
-    elif w.role.is_vm:
-        since = time.monotonic()
-        _wait(step, "QEMU to stay up", lambda: _stays_up(step, since), timeout)
+        missing = partial(_secondary_missing, step, since)
+    else:
+        missing = partial(_stayed_up, step, since, "QEMU")
+    _wait(step, what, missing, timeout)
 
 
-def _sockets_exist(paths: tuple[str, ...]) -> bool:
-    return all(os.path.exists(p) for p in paths)
+def _record_window(
+    tmux: Tmux, plan: Plan, proc_root: str, started: list[Started], entry: Started
+) -> Started:
+    """``entry`` with the process its window runs now, stored in the session's record."""
+    pane = tmux.pane(plan.session, entry.window_id)
+    pid = pane.pid if pane is not None else None
+    entry = entry.running(pid, procfs.read_stat(proc_root, pid) if pid is not None else None)
+    for i, known in enumerate(started):
+        if known.window_id == entry.window_id:
+            started[i] = entry
+            break
+    else:
+        started.append(entry)
+    tmux.set_record(plan.session, record.to_json(tuple(started)))
+    return entry
 
 
 def launch(
@@ -344,8 +410,15 @@ def launch(
     timeout: float = DEFAULT_TIMEOUT,
     proc_root: str = "/proc",
     log: Log = _quiet,
+    progress: Progress | None = None,
 ) -> None:
-    """Start ``plan``'s windows in order, each once the one before it is ready."""
+    """Start ``plan``'s windows in order, each once the one before it is ready.
+
+    Every window is recorded in the session as it is created and again once its command
+    runs (see record.py), so that --status and --down know exactly what this launch made,
+    even when it stops half-way.
+    """
+    progress = progress or Progress(None)
     if tmux.has_session(plan.session):
         raise SessionError(
             f"a tmux session named '{plan.session}' already exists; stop it with "
@@ -366,23 +439,36 @@ def launch(
     if os.environ.get("XDG_RUNTIME_DIR"):
         env["XDG_RUNTIME_DIR"] = os.environ["XDG_RUNTIME_DIR"]
     started = time.time()
-    for index, window in enumerate(plan.windows):
-        if index == 0:
-            window_id = tmux.new_session(plan.session, window.name, window.cwd, env)
-            tmux.set_plan(plan.session, to_json(plan))
-        else:
-            window_id = tmux.new_window(plan.session, window.name, window.cwd, env)
-        step = _Step(plan, window, window_id, tmux, proc_root, started)
-        if window.role is Role.VHOST_VM and window.vhost_sockets:
-            _wait(
-                step,
-                f"vhost sockets {', '.join(window.vhost_sockets)} (served by the primary)",
-                lambda w=window: _sockets_exist(w.vhost_sockets),  # type: ignore[misc]
-                timeout,
+    made: list[Started] = []
+    try:
+        for index, window in enumerate(plan.windows):
+            if index == 0:
+                window_id = tmux.new_session(plan.session, window.name, window.cwd, env)
+                tmux.set_plan(plan.session, to_json(plan))
+            else:
+                window_id = tmux.new_window(plan.session, window.name, window.cwd, env)
+            entry = _record_window(
+                tmux, plan, proc_root, made, Started(window.name, window_id, None, None)
             )
-        tmux.start(window_id, window.argv, window.cwd, env)
-        _ready(step, timeout)
-        log(f"started {window.name}")
+            step = _Step(plan, window, window_id, tmux, proc_root, started, progress)
+            waits_for = _waits_for(plan, window)
+            if waits_for is not None:
+                progress.begin(window.name, waits_for)
+            if window.role is Role.VHOST_VM and window.vhost_sockets:
+                _wait(
+                    step,
+                    _sockets_wanted(window),
+                    partial(_sockets_missing, window.vhost_sockets),
+                    timeout,
+                )
+            tmux.start(window_id, window.argv, window.cwd, env)
+            _record_window(tmux, plan, proc_root, made, entry)
+            _ready(step, timeout)
+            if waits_for is not None:
+                progress.ready()
+            log(f"started {window.name}")
+    finally:
+        progress.end()
 
 
 # ----------------------------------------------------------------------------- status
@@ -391,15 +477,34 @@ def launch(
 @dataclass(frozen=True)
 class WindowStatus:
     name: str
-    state: str  # alive, dead (exit N), gone
+    state: str  # alive, dead (exit N), dead (signal N), dead, gone, replaced, not started
     pid: int | None
     cpus: frozenset[int] | None
     planned: str
     command: str
+    window_id: str | None = None
 
     @property
     def alive(self) -> bool:
         return self.state == "alive"
+
+
+@dataclass(frozen=True)
+class ForeignWindow:
+    """A window of the session that this launch did not create (a user's, say)."""
+
+    name: str
+    window_id: str
+
+
+@dataclass(frozen=True)
+class SessionStatus:
+    windows: list[WindowStatus]
+    foreign: list[ForeignWindow]
+
+    @property
+    def all_alive(self) -> bool:
+        return all(w.alive for w in self.windows)
 
 
 def stored_plan(tmux: Tmux, session: str) -> Plan:
@@ -417,38 +522,105 @@ def stored_plan(tmux: Tmux, session: str) -> Plan:
         raise SessionError(f"tmux session '{session}': {e}") from None
 
 
-def status(tmux: Tmux, session: str, proc_root: str = "/proc") -> list[WindowStatus]:
-    """Each planned window: its process, whether it lives, and the CPUs it may run on."""
+def stored_record(tmux: Tmux, session: str) -> dict[str, Started]:
+    """Planned window name -> the window the launch created for it."""
+    text = tmux.get_record(session)
+    if not text:
+        raise SessionError(
+            f"tmux session '{session}' has no record of the windows spp-wakeup started in it "
+            f"(an older spp-wakeup started it); stop it with 'tmux kill-session -t {session}'"
+        )
+    try:
+        return {w.name: w for w in record.from_json(text)}
+    except ValueError as e:
+        raise SessionError(f"tmux session '{session}': {e}") from None
+
+
+@dataclass(frozen=True)
+class _Judged:
+    """A planned window, the window the launch recorded for it, and what became of it."""
+
+    window: Window
+    entry: Started | None  # None: the launch stopped before it created this window
+    pane: Pane | None
+    verdict: record.Verdict | None
+
+
+def _judged(
+    tmux: Tmux, session: str, proc_root: str
+) -> tuple[Plan, list[_Judged], list[ForeignWindow], dict[int, procfs.ProcStat]]:
+    """The plan; each planned window judged against the record; the windows of the session
+    that the launch did not create; every process now."""
     plan = stored_plan(tmux, session)
-    panes = {p.window_name: p for p in tmux.panes(session)}
+    made = stored_record(tmux, session)
+    panes = {p.window_id: p for p in tmux.panes(session)}
     stats = procfs.all_stats(proc_root)
-    result = []
+    judged = []
     for w in plan.windows:
-        pane = panes.get(w.name)
+        entry = made.get(w.name)
+        pane = panes.get(entry.window_id) if entry is not None else None
+        verdict = None
+        if entry is not None:
+            stat = stats.get(pane.pid) if pane is not None and pane.pid is not None else None
+            verdict = record.judge(entry, pane, stat)
+        judged.append(_Judged(w, entry, pane, verdict))
+    ours = {entry.window_id for entry in made.values()}
+    foreign = [
+        ForeignWindow(p.window_name, p.window_id) for p in panes.values() if p.window_id not in ours
+    ]
+    return plan, judged, foreign, stats
+
+
+def status(tmux: Tmux, session: str, proc_root: str = "/proc") -> SessionStatus:
+    """Each planned window: its process, whether it lives, and the CPUs it may run on.
+
+    Only the windows the launch recorded count; any other window, whatever its name, is
+    listed apart as not ours.
+    """
+    _, judged, foreign, stats = _judged(tmux, session, proc_root)
+    rows = []
+    for j in judged:
+        w, pane = j.window, j.pane
         main = None
-        if pane is not None and pane.pid is not None and not pane.dead:
+        ours = j.verdict is record.Verdict.OURS
+        if ours and pane is not None and pane.pid is not None and not pane.dead:
             # A working window's process is its shell, whatever the user runs in it.
             main = (
                 stats.get(pane.pid)
                 if w.role is Role.WORKING
                 else procfs.main_process(stats, pane.pid)
             )
-        if pane is None:
+        if j.entry is None:
+            state = "not started"
+        elif j.verdict is record.Verdict.GONE:
             state = "gone"
+        elif j.verdict is record.Verdict.REPLACED:
+            state = "replaced"
         elif main is None:
-            if pane.dead_status is not None:
-                state = f"dead (exit {pane.dead_status})"
-            elif pane.dead_signal is not None:
-                state = f"dead (signal {pane.dead_signal})"
-            else:
-                state = "dead"
+            state = "dead" if pane is None else _dead_state(pane)
         else:
             state = "alive"
         cpus = procfs.read_cpus_allowed(proc_root, main.pid) if main else None
-        result.append(
-            WindowStatus(w.name, state, main.pid if main else None, cpus, w.cores_text, w.command)
+        rows.append(
+            WindowStatus(
+                w.name,
+                state,
+                main.pid if main else None,
+                cpus,
+                w.cores_text,
+                w.command,
+                j.entry.window_id if j.entry else None,
+            )
         )
-    return result
+    return SessionStatus(rows, foreign)
+
+
+def _dead_state(pane: Pane) -> str:
+    if pane.dead_status is not None:
+        return f"dead (exit {pane.dead_status})"
+    if pane.dead_signal is not None:
+        return f"dead (signal {pane.dead_signal})"
+    return "dead"
 
 
 # ----------------------------------------------------------------------------- down
@@ -523,22 +695,38 @@ def down(
     proc_root: str = "/proc",
     log: Log = _quiet,
 ) -> None:
-    """Stop every process the session runs, kill it, and remove what DPDK left behind."""
-    plan = stored_plan(tmux, session)
-    panes = {p.window_name: p for p in tmux.panes(session)}
-    stats = procfs.all_stats(proc_root)
+    """Stop every process the launch started, close its windows, and remove what DPDK left.
+
+    Only the windows the launch recorded, still running the process it started, are
+    stopped and closed; any other window (a user's, whatever its name, or a pane someone
+    respawned) is left running, and then so is the session that holds it.
+    """
+    plan, judged, foreign, stats = _judged(tmux, session, proc_root)
     everything: list[procfs.ProcStat] = []
     stages: dict[int, list[tuple[Window, procfs.ProcStat, list[procfs.ProcStat]]]] = {}
-    for w in plan.windows:
-        pane = panes.get(w.name)
-        if pane is None or pane.pid is None or pane.dead:
+    ours: list[str] = []
+    left_alone: list[str] = []  # what is said of each, once ours are stopped
+    for j in judged:
+        if j.verdict is record.Verdict.REPLACED and j.entry is not None:
+            left_alone.append(
+                f"left window '{j.window.name}' ({j.entry.window_id}): it no longer runs the "
+                "process spp-wakeup started"
+            )
             continue
-        tree = procfs.descendants(stats, pane.pid)
+        if j.verdict is not record.Verdict.OURS or j.pane is None or j.entry is None:
+            continue
+        ours.append(j.entry.window_id)
+        if j.pane.pid is None or j.pane.dead:
+            continue
+        tree = procfs.descendants(stats, j.pane.pid)
         everything += tree
-        main = procfs.main_process(stats, pane.pid)
-        if main is None or w.role is Role.WORKING:
-            continue  # shells go with the session
-        stages.setdefault(_stage_order(w.role), []).append((w, main, tree))
+        main = procfs.main_process(stats, j.pane.pid)
+        if main is None or j.window.role is Role.WORKING:
+            continue  # shells go with their window
+        stages.setdefault(_stage_order(j.window.role), []).append((j.window, main, tree))
+    left_alone += [
+        f"left window {shown(w.name)} ({w.window_id}): spp-wakeup did not start it" for w in foreign
+    ]
 
     for order in sorted(stages):
         stage = stages[order]
@@ -557,7 +745,18 @@ def down(
             else:
                 log(f"stopped {w.name} (pid {main.pid})")
 
-    tmux.kill_session(session)
+    for line in left_alone:
+        log(line)
+    if left_alone:
+        for window_id in ours:
+            tmux.kill_window(window_id)
+        tmux.forget(session)
+        log(
+            f"left session '{session}' open for the {len(left_alone)} window(s) spp-wakeup "
+            "did not start or no longer runs; it is no longer an SPP session"
+        )
+    else:
+        tmux.kill_session(session)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(_alive(proc_root, p) for p in everything):
         time.sleep(POLL)

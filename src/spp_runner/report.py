@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from kcm import cpulist
 from spp_runner import eal
-from spp_runner.launch import WindowStatus
+from spp_runner.escape import shown
+from spp_runner.launch import SessionStatus
 from spp_runner.plan import Plan, Role
 
 
@@ -46,7 +47,8 @@ def render_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def render_status(session: str, rows: list[WindowStatus]) -> str:
+def render_status(session: str, status: SessionStatus) -> str:
+    """The planned windows as a table, then any window of the session that is not ours."""
     header = ("WINDOW", "STATE", "PID", "CPUS", "PLANNED", "COMMAND")
     table = [header] + [
         (
@@ -57,11 +59,18 @@ def render_status(session: str, rows: list[WindowStatus]) -> str:
             r.planned,
             r.command,
         )
-        for r in rows
+        for r in status.windows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     out = [f"session '{session}':"]
     for row in table:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         out.append("  " + "  ".join([*cells, row[-1]]))
+    planned = {r.name for r in status.windows}
+    for window in status.foreign:
+        why = " (it has the name of a planned window)" if window.name in planned else ""
+        out.append(
+            f"not ours: window {shown(window.name)} ({window.window_id}) was not started by "
+            f"spp-wakeup{why}; --status and --down leave it alone"
+        )
     return "\n".join(out)

@@ -17,6 +17,7 @@ from libtmux import exc
 from spp_runner.errors import MissingError, SessionError
 
 PLAN_OPTION = "@spp-runner-plan"
+RECORD_OPTION = "@spp-runner-windows"  # what the launch started: see record.py
 # A window first runs this, so that remain-on-exit is set before the real command starts
 # and a command that dies at once still leaves its output in the window.
 _PLACEHOLDER = "exec sleep 2147483647"
@@ -135,10 +136,28 @@ class Tmux:
         )
 
     def set_plan(self, session: str, text: str) -> None:
-        self._cmd("set-option", "-t", f"={session}:", PLAN_OPTION, text)
+        self._set(session, PLAN_OPTION, text)
 
     def get_plan(self, session: str) -> str | None:
-        out = self._cmd("show-options", "-q", "-v", "-t", f"={session}:", PLAN_OPTION)
+        return self._get(session, PLAN_OPTION)
+
+    def set_record(self, session: str, text: str) -> None:
+        self._set(session, RECORD_OPTION, text)
+
+    def get_record(self, session: str) -> str | None:
+        return self._get(session, RECORD_OPTION)
+
+    def forget(self, session: str) -> None:
+        """Unset the plan and the record: the session is no longer one spp-wakeup runs."""
+        for option in (PLAN_OPTION, RECORD_OPTION):
+            self._cmd("set-option", "-u", "-t", f"={session}:", option)
+
+    def _set(self, session: str, option: str, text: str) -> None:
+        # One set-option: tmux replaces the value whole, so a reader never sees half of it.
+        self._cmd("set-option", "-t", f"={session}:", option, text)
+
+    def _get(self, session: str, option: str) -> str | None:
+        out = self._cmd("show-options", "-q", "-v", "-t", f"={session}:", option)
         return out[0] if out else None
 
     def server_pid(self) -> int | None:
@@ -204,6 +223,9 @@ class Tmux:
 
     def kill_session(self, session: str) -> None:
         self._cmd("kill-session", "-t", f"={session}")
+
+    def kill_window(self, window_id: str) -> None:
+        self._cmd("kill-window", "-t", window_id)
 
     def attach_argv(self, session: str) -> list[str]:
         """How to show the session: attach from a terminal, switch when already inside tmux."""

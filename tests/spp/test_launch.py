@@ -8,14 +8,19 @@ dpdk-testpmd with the EAL options the runner built (see conftest.DPDK_STANDIN).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import json
 import os
+import pty
+import re
 import shlex
 import signal
 import socket
 import stat
+import struct
 import subprocess
+import termios
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +28,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spp_runner import procfs
+from spp_runner import launch, procfs
+from spp_runner.tmux import Tmux
 
 from .conftest import (
     SPP_WAKEUP,
@@ -137,6 +143,19 @@ def run(tmp_path: Path, hugetlbfs: Path, tmux_env: dict[str, str], spp_tree: Pat
                     os.unlink(hugetlbfs / name)
 
 
+def split_progress(stderr: str) -> tuple[list[str], list[str]]:
+    """The progress lines (elapsed times as ``<t>``), then the rest of what stderr showed."""
+    lines = stderr.splitlines()
+    first_error = next(
+        (i for i, line in enumerate(lines) if line.startswith("spp-wakeup: ")), len(lines)
+    )
+    progress = [
+        re.sub(r"(ready|failed) after \d+\.\d s", r"\1 after <t> s", line)
+        for line in lines[:first_error]
+    ]
+    return progress, lines[first_error:]
+
+
 def has_session(env: dict[str, str]) -> bool:
     done = subprocess.run(
         ["tmux", "has-session", "-t", "=spp"], env=env, check=False, capture_output=True
@@ -154,9 +173,34 @@ def planned_commands(stdout: str) -> dict[str, list[str]]:
     return commands
 
 
+def window_ids_and_pids(env: dict[str, str]) -> dict[str, tuple[str, int]]:
+    """Window name -> (window id, pane PID), for windows whose names are unique."""
+    found = {}
+    for line in tmux(
+        env, "list-panes", "-s", "-t", "=spp", "-F", "#{window_name} #{window_id} #{pane_pid}"
+    ):
+        name, window_id, pid = line.split()
+        assert name not in found, f"two windows named {name}"
+        found[name] = (window_id, int(pid))
+    return found
+
+
+def recorded_windows(env: dict[str, str]) -> dict[str, tuple[str, int, int]]:
+    (text,) = tmux(env, "show-options", "-v", "-t", "=spp:", "@spp-runner-windows")
+    return {w["name"]: (w["window_id"], w["pid"], w["start_time"]) for w in json.loads(text)}
+
+
+def start_time(pid: int) -> int:
+    stat_ = procfs.read_stat("/proc", pid)
+    assert stat_ is not None
+    return stat_.start_time
+
+
 def status_rows(stdout: str) -> dict[str, list[str]]:
     rows = {}
     for line in stdout.splitlines()[2:]:
+        if line.startswith("not ours: "):
+            continue
         cells = line.split(maxsplit=5)
         rows[cells[0]] = cells
     return rows
@@ -203,6 +247,23 @@ def test_launch_status_refusal_and_down(run: Run) -> None:
         "started work1",
         "session 'spp' is up; attach with: tmux attach-session -t =spp",
     ]
+    # Not a terminal: each step that waits is a start line and a result line on stderr.
+    assert split_progress(up.stderr) == (
+        [
+            f"controller: waiting for 127.0.0.1:{run.ports[0]} and 127.0.0.1:{run.ports[1]} "
+            "to accept connections",
+            "controller: ready after <t> s",
+            f"primary: waiting for the primary's DPDK runtime config {run.runtime_dir}/config "
+            "and packet memory",
+            "primary: ready after <t> s",
+            f"sec1: waiting for the secondary to attach to the primary (in {run.runtime_dir})",
+            "sec1: ready after <t> s",
+            f"vhost11: waiting for vhost sockets {run.sock_dir}/sock0 (served by the primary), "
+            "then QEMU",
+            "vhost11: ready after <t> s",
+        ],
+        [],
+    )
 
     # Windows in the seed's order, each running exactly its planned command line.
     assert tmux(run.env, "list-windows", "-t", "=spp", "-F", "#{window_name}") == [
@@ -214,6 +275,11 @@ def test_launch_status_refusal_and_down(run: Run) -> None:
     ]
     panes = window_pids(run.env)
     assert procfs.read_cmdline("/proc", panes["controller"]) == tuple(planned["controller"])
+    # The session records each window it created by id, with the process it started there.
+    assert recorded_windows(run.env) == {
+        name: (window_id, pid, start_time(pid))
+        for name, (window_id, pid) in window_ids_and_pids(run.env).items()
+    }
     ((primary_pid, primary_argv),) = run.recorded("spp_primary").items()
     ((sec_pid, sec_argv),) = run.recorded("spp_nfv").items()
     ((qemu_pid, qemu_argv),) = run.recorded("qemu").items()
@@ -309,7 +375,15 @@ def test_a_dead_primary_fails_its_step_with_its_output(run: Run) -> None:
     )
     result = run.wakeup("-ns", "0", "-nv", "0", "--no-attach")
     assert result.returncode == 5
-    err = result.stderr.splitlines()
+    progress, err = split_progress(result.stderr)
+    assert progress == [
+        f"controller: waiting for 127.0.0.1:{run.ports[0]} and 127.0.0.1:{run.ports[1]} to "
+        "accept connections",
+        "controller: ready after <t> s",
+        f"primary: waiting for the primary's DPDK runtime config {run.runtime_dir}/config and "
+        "packet memory",
+        "primary: failed after <t> s: the process exited with status 1",
+    ]
     assert err[0] == (
         "spp-wakeup: error: step 'primary' failed: the process exited with status 1 while "
         f"waiting for the primary's DPDK runtime config {run.runtime_dir}/config and packet "
@@ -343,10 +417,15 @@ def test_a_primary_that_never_gets_ready_times_out_naming_the_step(run: Run) -> 
     )
     result = run.wakeup("-ns", "0", "-nv", "0", "--no-attach", "--timeout", "1.5")
     assert result.returncode == 5
-    assert result.stderr.splitlines()[0] == (
-        "spp-wakeup: error: step 'primary' failed: not ready after 1.5s: still waiting for the "
-        f"primary's DPDK runtime config {run.runtime_dir}/config and packet "
-        "memory"
+    progress, err = split_progress(result.stderr)
+    assert progress[2:] == [
+        f"primary: waiting for the primary's DPDK runtime config {run.runtime_dir}/config and "
+        "packet memory",
+        f"primary: timed out after 1.5 s: {run.runtime_dir}/config never appeared",
+    ]
+    assert err[0] == (
+        "spp-wakeup: error: step 'primary' failed: timed out after 1.5 s: "
+        f"{run.runtime_dir}/config never appeared"
     )
     sleeper = window_pids(run.env)["primary"]
     down = run.wakeup("--down")
@@ -469,3 +548,158 @@ def test_down_leaves_what_is_not_dpdks_at_a_socket_path(run: Run) -> None:
     assert down.returncode == 0, down.stderr
     assert f"left {sock}: not a socket, so not DPDK's" in down.stdout.splitlines()
     assert (sock / "keep").read_text() == "not DPDK's"
+
+
+def panes_named(env: dict[str, str], name: str) -> list[tuple[str, int]]:
+    """(window id, pane PID) of every window called ``name``, in window order."""
+    found = []
+    for line in tmux(
+        env, "list-panes", "-s", "-t", "=spp", "-F", "#{window_name} #{window_id} #{pane_pid}"
+    ):
+        window_name, window_id, pid = line.split()
+        if window_name == name:
+            found.append((window_id, int(pid)))
+    return found
+
+
+def test_status_and_down_act_only_on_the_windows_the_launch_started(run: Run) -> None:
+    up = run.wakeup("-ns", "0", "-nv", "0", "--no-attach")
+    assert up.returncode == 0, up.stderr
+    ((real_id, real_pid),) = panes_named(run.env, "controller")
+    # A user opens a window with the controller's name; name lookups found it instead.
+    tmux(run.env, "new-window", "-d", "-t", "=spp:", "-n", "controller", "exec sleep 600")
+    ((_, _), (impostor_id, impostor_pid)) = panes_named(run.env, "controller")
+    assert impostor_id != real_id
+
+    status = run.wakeup("--status")
+    assert status.returncode == 0, status.stdout
+    assert status_rows(status.stdout)["controller"][1:3] == ["alive", str(real_pid)]
+    assert status.stdout.splitlines()[-1] == (
+        f"not ours: window 'controller' ({impostor_id}) was not started by spp-wakeup (it has "
+        "the name of a planned window); --status and --down leave it alone"
+    )
+
+    down = run.wakeup("--down", "--grace", "2")
+    assert down.returncode == 0, down.stderr
+    out = down.stdout.splitlines()
+    assert f"stopped controller (pid {real_pid})" in out
+    assert f"left window 'controller' ({impostor_id}): spp-wakeup did not start it" in out
+    assert not any(str(impostor_pid) in line for line in out)
+    assert wait_for(lambda: not alive(real_pid))
+    assert alive(impostor_pid)
+    # The session stays for the user's window alone, and is no longer an SPP session.
+    assert tmux(run.env, "list-windows", "-t", "=spp", "-F", "#{window_id}") == [impostor_id]
+    again = run.wakeup("--status")
+    assert again.returncode == 6
+    assert "was not started by spp-wakeup" in again.stderr
+    assert not run.runtime_dir.exists()
+
+
+def test_a_window_whose_pane_was_respawned_is_not_ours(run: Run) -> None:
+    up = run.wakeup("-ns", "0", "-nv", "0", "--no-attach")
+    assert up.returncode == 0, up.stderr
+    ((controller_id, controller_pid),) = panes_named(run.env, "controller")
+    tmux(run.env, "respawn-pane", "-k", "-t", controller_id, "exec sleep 600")
+    assert wait_for(lambda: panes_named(run.env, "controller")[0][1] != controller_pid)
+    ((_, respawned_pid),) = panes_named(run.env, "controller")
+
+    status = run.wakeup("--status")
+    assert status.returncode == 1
+    assert status_rows(status.stdout)["controller"][1:3] == ["replaced", "-"]
+
+    down = run.wakeup("--down", "--grace", "2")
+    assert down.returncode == 0, down.stderr
+    out = down.stdout.splitlines()
+    assert (
+        f"left window 'controller' ({controller_id}): it no longer runs the process "
+        "spp-wakeup started"
+    ) in out
+    assert out[0].startswith("stopped primary (pid ")
+    assert alive(respawned_pid)
+
+
+def test_a_window_whose_pid_now_names_another_process_is_not_ours(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    up = run.wakeup("-ns", "0", "-nv", "0", "--no-attach")
+    assert up.returncode == 0, up.stderr
+    ((_, controller_pid),) = panes_named(run.env, "controller")
+    # The world after a PID reuse: the controller's PID belongs to a process that started
+    # later. The procfs is a copy of the session's processes with that one start time moved.
+    fake_proc = tmp_path / "proc"
+    for _, pid in window_ids_and_pids(run.env).values():
+        for process in procfs.descendants(procfs.all_stats("/proc"), pid):
+            (fake_proc / str(process.pid)).mkdir(parents=True, exist_ok=True)
+            for name in ("stat", "status"):
+                try:
+                    text = Path(f"/proc/{process.pid}/{name}").read_text()
+                except FileNotFoundError:  # a short-lived child (a shell's), gone since
+                    continue
+                if name == "stat" and process.pid == controller_pid:
+                    head, tail = text.rsplit(")", 1)
+                    fields = tail.split()
+                    fields[19] = str(int(fields[19]) + 100)  # field 22: starttime
+                    text = head + ") " + " ".join(fields) + "\n"
+                (fake_proc / str(process.pid) / name).write_text(text)
+    monkeypatch.setenv("TMUX_TMPDIR", run.env["TMUX_TMPDIR"])
+    monkeypatch.delenv("TMUX", raising=False)
+
+    rows = {r.name: r for r in launch.status(Tmux(), "spp", proc_root=str(fake_proc)).windows}
+    assert (rows["controller"].state, rows["controller"].pid) == ("replaced", None)
+    assert rows["primary"].state == "alive"
+    # The real world is unchanged: with the real procfs the controller is ours.
+    assert launch.status(Tmux(), "spp").windows[0].state == "alive"
+
+
+def test_progress_on_a_terminal_is_one_line_redrawn_in_place(run: Run) -> None:
+    write_exec(
+        run.dir / "spp/src/primary/x86_64-native-linuxapp-gcc/spp_primary",
+        """
+        #!/bin/sh
+        exec sleep 300
+    """,
+    )
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 250, 0, 0))
+    options = ("-ns", "0", "-nv", "0", "--no-attach", "--timeout", "2.5")
+    wakeup = subprocess.Popen(
+        [SPP_WAKEUP, "--config", str(run.conf), *options],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=run.env,
+    )
+    os.close(slave)
+    shown = b""
+    while True:  # until the last writer of the terminal is gone (EIO)
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    assert wakeup.wait(timeout=60) == 5
+    assert wakeup.stdout is not None
+    assert wakeup.stdout.read() == b"started controller\n"
+    text = shown.decode()
+    waiting = (
+        f"primary: waiting for the primary's DPDK runtime config {run.runtime_dir}/config and "
+        "packet memory"
+    )
+    # The controller's line, redrawn until ready; then the primary's, once a second.
+    controller, rest = text.split("\r\n", 1)
+    assert controller.startswith("\rcontroller: waiting for 127.0.0.1:")
+    assert re.fullmatch(r".*\rcontroller: ready after \d+\.\d s *", controller)
+    primary, errors = rest.split("\r\n", 1)
+    assert primary.startswith(f"\r{waiting} (0 s)\r{waiting} (1 s)\r{waiting} (2 s)\r")
+    # The result overwrites the line, spaces covering the rest of the longer one.
+    result = f"primary: timed out after 2.5 s: {run.runtime_dir}/config never appeared"
+    assert primary.rsplit("\r", 1)[1] == result + " " * (len(f"{waiting} (2 s)") - len(result))
+    assert errors.startswith(
+        "spp-wakeup: error: step 'primary' failed: timed out after 2.5 s: "
+        f"{run.runtime_dir}/config never appeared\r\n"
+    )
+    down = run.wakeup("--down")
+    assert down.returncode == 0, down.stderr

@@ -14,6 +14,8 @@ command -v hyperfine >/dev/null || need+=(hyperfine)
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' \
     || need+=(busybox-static)
+# zsh runs the completion scripts' tests (kcm completion zsh) in a real zsh.
+command -v zsh >/dev/null || need+=(zsh)
 # promtool lints kcm's metrics and evaluates contrib/prometheus' alerting rules.
 command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,7 +1,10 @@
 """The ``kcm`` command line: parse, call one function of the core, map errors to exit codes.
 
 A small hand-written parser for the seed's docopt-style usage: argparse alone costs more
-start-up time than ``kcm isolate`` spends on its whole allocation.
+start-up time than ``kcm isolate`` spends on its whole allocation. What it parses comes from
+the table of subcommands in ``kcm/commands.py`` (see there how to add one), through the
+grammar block below, which ``python -m kcm.commands`` writes: the table itself, with every
+help text, is loaded only for help and completion, never on ``kcm isolate``'s path.
 """
 
 from __future__ import annotations
@@ -12,178 +15,151 @@ import sys
 from kcm import __version__
 from kcm.errors import KcmError, UsageError
 
-USAGE = """\
-kcm.
-
-Usage:
-  kcm (-h | --help)
-  kcm --version
-  kcm init [--conf-dir=<dir>] [--num-dp-cores=<num>] [--num-cp-cores=<num>]
-  kcm discover [--conf-dir=<dir>]
-  kcm describe [--conf-dir=<dir>]
-  kcm reconcile [--conf-dir=<dir>]
-  kcm isolate [--conf-dir=<dir>] --pool=<pool> <command> [-- <args> ...]
-  kcm install --install-dir=<dir>
-  kcm init [--conf-dir=<dir>] [--num-dp-cores=<num>] [--num-cp-cores=<num>] [--keep-existing]
-           [--exclusive-mode=<mode>] [--quiet]
-  kcm discover [--conf-dir=<dir>] [--taint] [--interval=<seconds>]
-  kcm reconcile [--conf-dir=<dir>] [--interval=<seconds>] [--quiet]
-  kcm cluster-init [--namespace=<ns>] [--image=<image>] [--num-dp-cores=<num>]
-                   [--num-cp-cores=<num>] [--node-selector=<key=value>]
-                   [--reconcile-interval=<seconds>] [--example-workload]
-  kcm install --install-dir=<dir> [--quiet]
-  kcm describe [--conf-dir=<dir>] [-o <format> | --output=<format>]
-  kcm metrics [--conf-dir=<dir>] [--listen=<host:port> | --textfile=<dir>]
-"""
-
-OPTIONS = """\
-Options:
-  -h --help             Show this screen.
-  --version             Show version.
-  --conf-dir=<dir>      KCM configuration directory [default: /etc/kcm].
-  --install-dir=<dir>   KCM install directory.
-  --num-dp-cores=<num>  Number of data plane cores [default: 4].
-  --num-cp-cores=<num>  Number of control plane cores [default: 1].
-  --pool=<pool>         Pool name: either infra, controlplane or dataplane.
-  --keep-existing       init: keep a state directory that is already initialised.
-  --exclusive-mode=<mode>
-                        init: packed takes the dataplane cores from the top of the host,
-                        spread deals them across the sockets [default: packed].
-  --taint               discover: also taint the node kcm.io/dataplane=true:NoSchedule.
-  --interval=<seconds>  reconcile, discover: run a pass every <seconds> until SIGTERM.
-  --quiet               init, install: say nothing on stderr when they succeed;
-                        reconcile: no line on stderr per list it frees tasks from.
-  --namespace=<ns>      cluster-init: namespace to deploy into [default: kcm].
-  --image=<image>       cluster-init: kcm container image [default: kcm:latest].
-  --node-selector=<key=value>
-                        cluster-init: run only on nodes with these labels
-                        (key=value[,key=value...]).
-  --reconcile-interval=<seconds>
-                        cluster-init: reconcile and discover period [default: 60].
-  --example-workload    cluster-init: also print a Pod that asks for kcm.io/dataplane.
-  -o --output=<format>  describe: json (the seed's) or table [default: json].
-  --listen=<host:port>  metrics: serve /metrics and /healthz there until SIGTERM
-                        (port 0 picks a free port; the address is logged on stderr).
-  --textfile=<dir>      metrics: write <dir>/kcm.prom atomically, for node_exporter's
-                        textfile collector.
-
-Environment:
-  KCM_PROC_FS           procfs to consult for PIDs; required by isolate and reconcile
-                        (describe --output=table and metrics read /proc without it).
-  KCM_SYS_FS            sysfs to read the CPU topology from [default: /sys].
-  KCM_LOCK_TIMEOUT      seconds to wait for, and at most hold, the state lock [default: 30];
-                        isolate waits 10 times as long to release its CPU list.
-  KCM_ALLOW_SHARED_STATE=1
-                        trust a state directory that group or others may write, or
-                        (for isolate, reconcile, init) that another user owns.
-  KCM_ALLOW_PID_NAMESPACE=1
-                        let isolate and reconcile use a KCM_PROC_FS of another PID
-                        namespace than the host's (its PID 2 is not kthreadd).
-  KCM_DEBUG=1           show a traceback on errors.
-  NO_COLOR              describe --output=table: no colour even on a terminal.
-  NODE_NAME             discover: the node to advertise (in a pod: from spec.nodeName).
-  KUBECONFIG            discover outside a pod: kubeconfig file(s) [default: ~/.kube/config].
-  (CMK_PROC_FS and CMK_LOCK_TIMEOUT are read as aliases.)
-
-Exit status:
-  0 success; 1 reconcile found tasks with the wrong affinity; 2 usage error;
-  3 bad or missing state directory, or one that cannot be written (full, read-only, no
-  permission: the message names the path); 4 no free CPU list in the pool; 5 lock timeout;
-  6 host problem (procfs, a procfs of another PID namespace, sysfs, too few cores, cannot
-  pin, missing Python package, an unsafe install directory); 7 Kubernetes problem (no
-  NODE_NAME, no credentials, API unreachable or refusing).
-  metrics: 6 also when it cannot listen on --listen's address or write --textfile's file.
-  isolate exits with its command's status (128+N if the command was killed by signal N),
-  also when releasing its list fails (it says so on stderr).
-"""
-
-HELP = USAGE + "\n" + OPTIONS
-
-# Each subcommand: the options taking a value, the flags, and their defaults.
+# -- grammar: generated from kcm/commands.py by `python -m kcm.commands`; do not edit --
+# Per subcommand: its options taking a value, its flags, their defaults, short
+# spellings, the options it needs, its positional arguments (name, required), and
+# its handler.
 VALUE_OPTIONS = {
-    "init": {"--conf-dir", "--num-dp-cores", "--num-cp-cores", "--exclusive-mode"},
-    "discover": {"--conf-dir", "--interval"},
-    "describe": {"--conf-dir", "--output"},
-    "reconcile": {"--conf-dir", "--interval"},
-    "isolate": {"--conf-dir", "--pool"},
-    "install": {"--install-dir"},
-    "metrics": {"--conf-dir", "--listen", "--textfile"},
-    "cluster-init": {
+    "init": ("--conf-dir", "--num-dp-cores", "--num-cp-cores", "--exclusive-mode"),
+    "discover": ("--conf-dir", "--interval"),
+    "describe": ("--conf-dir", "--output"),
+    "reconcile": ("--conf-dir", "--interval"),
+    "isolate": ("--conf-dir", "--pool"),
+    "install": ("--install-dir",),
+    "cluster-init": (
         "--namespace",
         "--image",
         "--num-dp-cores",
         "--num-cp-cores",
         "--node-selector",
         "--reconcile-interval",
-    },
+    ),
+    "metrics": ("--conf-dir", "--listen", "--textfile"),
 }
 FLAGS = {
-    "init": {"--keep-existing", "--quiet"},
-    "install": {"--quiet"},
-    "discover": {"--taint"},
-    "reconcile": {"--quiet"},
-    "cluster-init": {"--example-workload"},
+    "init": ("--keep-existing", "--quiet"),
+    "discover": ("--taint",),
+    "reconcile": ("--quiet",),
+    "install": ("--quiet",),
+    "cluster-init": ("--example-workload",),
 }
 DEFAULTS = {
-    "--conf-dir": "/etc/kcm",
-    "--num-dp-cores": "4",
-    "--num-cp-cores": "1",
-    "--exclusive-mode": "packed",
-    "--namespace": "kcm",
-    "--image": "kcm:latest",
-    "--reconcile-interval": "60",
-    "--output": "json",
+    "init": {
+        "--conf-dir": "/etc/kcm",
+        "--num-dp-cores": "4",
+        "--num-cp-cores": "1",
+        "--exclusive-mode": "packed",
+    },
+    "discover": {"--conf-dir": "/etc/kcm"},
+    "describe": {"--conf-dir": "/etc/kcm", "--output": "json"},
+    "reconcile": {"--conf-dir": "/etc/kcm"},
+    "isolate": {"--conf-dir": "/etc/kcm"},
+    "cluster-init": {
+        "--namespace": "kcm",
+        "--image": "kcm:latest",
+        "--num-dp-cores": "4",
+        "--num-cp-cores": "1",
+        "--reconcile-interval": "60",
+    },
+    "metrics": {"--conf-dir": "/etc/kcm"},
 }
-# Short spellings, as kubectl has them: -o table, -otable, -o=table.
-SHORT = {"describe": {"-o": "--output"}}
-REQUIRED = {"isolate": ("--pool",), "install": ("--install-dir",)}
+SHORT = {
+    "describe": {"-o": "--output"},
+}
+REQUIRED = {
+    "isolate": ("--pool",),
+    "install": ("--install-dir",),
+}
+ARGUMENTS = {
+    "isolate": (("<command>", True),),
+    "completion": (("<shell>", True),),
+    "help": (("<subcommand>", False),),
+}
+# After its arguments, '--' and what follows belong to them (and so does --help).
+REST = ("isolate",)
+RUN = {
+    "init": "kcm.cli:run_init",
+    "discover": "kcm.cli:run_discover",
+    "describe": "kcm.cli:run_describe",
+    "reconcile": "kcm.cli:run_reconcile",
+    "isolate": "kcm.cli:run_isolate",
+    "install": "kcm.cli:run_install",
+    "cluster-init": "kcm.cli:run_cluster_init",
+    "metrics": "kcm.cli:run_metrics",
+    "completion": "kcm.cli:run_completion",
+    "help": "kcm.cli:run_help",
+}
+# -- end of grammar --
 
 
 class Args:
-    """A parsed command line: the subcommand, option values and isolate's command and args."""
+    """A parsed command line: the subcommand, option values, its positional arguments
+    (``words``: isolate's ``<command>``, completion's ``<shell>``) and isolate's ``<args>``."""
 
-    __slots__ = ("args", "command", "options", "subcommand")
+    __slots__ = ("args", "options", "subcommand", "words")
 
     def __init__(self, subcommand: str) -> None:
         self.subcommand = subcommand
         self.options: dict[str, str] = {}
-        self.command: str | None = None
+        self.words: list[str] = []
         self.args: list[str] = []
+
+    @property
+    def command(self) -> str | None:
+        """isolate's ``<command>``."""
+        return self.words[0] if self.words else None
 
     def get(self, name: str) -> str:
         value = self.options.get(name)
-        return DEFAULTS.get(name, "") if value is None else value
+        return DEFAULTS.get(self.subcommand, {}).get(name, "") if value is None else value
 
     def flag(self, name: str) -> bool:
         return name in self.options
 
 
 def parse(argv: list[str]) -> Args:
-    """Parse ``argv`` (without the program name) the way the seed's usage reads."""
+    """Parse ``argv`` (without the program name) the way the seed's usage reads.
+
+    ``-h``/``--help`` anywhere before a subcommand's arguments asks for its help (subcommand
+    ``help``, its name the one word); after isolate's ``<command>`` it is the command's.
+    """
     if not argv:
         raise UsageError("a subcommand is required")
     sub = argv[0]
-    if sub not in VALUE_OPTIONS:
+    if sub not in RUN:
         raise UsageError(f"unknown subcommand {sub!r}")
-    values = VALUE_OPTIONS[sub]
-    flags = FLAGS.get(sub, set())
+    values = VALUE_OPTIONS.get(sub, ())
+    flags = FLAGS.get(sub, ())
+    short_names = SHORT.get(sub, {})
+    arguments = ARGUMENTS.get(sub, ())
+    rest = sub in REST
     args = Args(sub)
     i = 1
     while i < len(argv):
         token = argv[i]
         i += 1
+        if rest and len(args.words) == len(arguments):
+            # After isolate's <command>: its --help, then '--' and its <args>, verbatim.
+            if token == "--":
+                args.args += argv[i:]
+                break
+            if token in ("-h", "--help"):
+                args.args.append(token)
+                continue
+            raise UsageError(
+                f"unexpected argument {token!r}: put the command's arguments after '--'"
+                " (kcm isolate --pool=<pool> <command> -- <args> ...)"
+            )
         if token == "--":
-            if sub != "isolate" or args.command is None:
-                raise UsageError("'--' only belongs after kcm isolate's <command>")
-            args.args = argv[i:]
-            break
-        if token in ("-h", "--help") and args.command is None:
-            args.subcommand = "help"
-            return args
-        short = SHORT.get(sub, {}).get(token[:2])
+            raise UsageError("'--' only belongs after kcm isolate's <command>")
+        if token in ("-h", "--help"):
+            help_args = Args("help")
+            help_args.words = [sub]
+            return help_args
+        short = short_names.get(token[:2])
         if short is not None:  # "-o table" reads on as "--output table"
-            rest = token[2:]
-            token = short if not rest else f"{short}={rest.removeprefix('=')}"
+            rest_of_token = token[2:]
+            token = short if not rest_of_token else f"{short}={rest_of_token.removeprefix('=')}"
         if token.startswith("--"):
             name, eq, value = token.partition("=")
             if name in values:
@@ -199,20 +175,16 @@ def parse(argv: list[str]) -> Args:
             if name in args.options:
                 raise UsageError(f"{name} given twice")
             args.options[name] = value
-        elif sub == "isolate" and args.command is None:
-            args.command = token
-        elif sub == "isolate":
-            raise UsageError(
-                f"unexpected argument {token!r}: put the command's arguments after '--'"
-                " (kcm isolate --pool=<pool> <command> -- <args> ...)"
-            )
+        elif len(args.words) < len(arguments):
+            args.words.append(token)
         else:
             raise UsageError(f"unexpected argument {token!r}")
     for name in REQUIRED.get(sub, ()):
         if name not in args.options:
             raise UsageError(f"kcm {sub} needs {name}=<{name[2:].split('-')[0]}>")
-    if sub == "isolate" and not args.command:
-        raise UsageError("kcm isolate needs a <command>")
+    for index, (name, required) in enumerate(arguments):
+        if required and index >= len(args.words):
+            raise UsageError(f"kcm {sub} needs a {name}")
     return args
 
 
@@ -237,68 +209,119 @@ def seconds_option(args: Args, name: str) -> float | None:
 
 
 def dispatch(args: Args) -> int:
-    sub = args.subcommand
+    """Call the handler the table names for the subcommand (``"module:function"``)."""
+    module, _, function = RUN[args.subcommand].partition(":")
+    handler = getattr(__import__(module, fromlist=[function]), function)
+    code: int = handler(args)
+    return code
+
+
+# -- The handlers: each turns its Args into one call of the core -----------------------------
+
+
+def run_isolate(args: Args) -> int:
+    from kcm import isolate
+
+    assert args.command is not None
+    return isolate.run(args.get("--conf-dir"), args.get("--pool"), args.command, args.args)
+
+
+def run_describe(args: Args) -> int:
+    import gc
+
+    from kcm import describe
+
+    # describe builds acyclic values and exits: the cyclic collector's passes over the
+    # thousands of objects of a large state are pure cost (1-2 ms at 10,000 tasks).
+    gc.disable()
     conf_dir = args.get("--conf-dir")
-    if sub == "isolate":
-        from kcm import isolate
+    output = args.get("--output")
+    if output == "json":
+        sys.stdout.write(describe.describe(conf_dir))
+    elif output == "table":
+        sys.stdout.write(describe.describe_table(conf_dir, colour=use_colour()))
+    else:
+        raise UsageError(f"--output={output!r} is not a format: json or table")
+    return 0
 
-        assert args.command is not None
-        return isolate.run(conf_dir, args.get("--pool"), args.command, args.args)
-    if sub == "describe":
-        import gc
 
-        from kcm import describe
+def run_metrics(args: Args) -> int:
+    from kcm import metrics
 
-        # describe builds acyclic values and exits: the cyclic collector's passes over the
-        # thousands of objects of a large state are pure cost (1-2 ms at 10,000 tasks).
-        gc.disable()
-        output = args.get("--output")
-        if output == "json":
-            sys.stdout.write(describe.describe(conf_dir))
-        elif output == "table":
-            sys.stdout.write(describe.describe_table(conf_dir, colour=use_colour()))
-        else:
-            raise UsageError(f"--output={output!r} is not a format: json or table")
-        return 0
-    if sub == "metrics":
-        from kcm import metrics
+    return metrics.main(
+        args.get("--conf-dir"),
+        listen=args.options.get("--listen"),
+        textfile=args.options.get("--textfile"),
+    )
 
-        return metrics.main(
-            conf_dir, listen=args.options.get("--listen"), textfile=args.options.get("--textfile")
-        )
-    if sub == "init":
-        from kcm import init
 
-        dp, cp = count_option(args, "--num-dp-cores"), count_option(args, "--num-cp-cores")
-        return init.init(
-            conf_dir,
-            dp,
-            cp,
-            keep_existing=args.flag("--keep-existing"),
-            exclusive_mode=args.get("--exclusive-mode"),
-            quiet=args.flag("--quiet"),
-        )
-    if sub == "reconcile":
-        from kcm import reconcile
+def run_init(args: Args) -> int:
+    from kcm import init
 
-        return reconcile.main(
-            conf_dir, seconds_option(args, "--interval"), quiet=args.flag("--quiet")
-        )
-    if sub == "install":
-        from kcm import install
+    dp, cp = count_option(args, "--num-dp-cores"), count_option(args, "--num-cp-cores")
+    return init.init(
+        args.get("--conf-dir"),
+        dp,
+        cp,
+        keep_existing=args.flag("--keep-existing"),
+        exclusive_mode=args.get("--exclusive-mode"),
+        quiet=args.flag("--quiet"),
+    )
 
-        install.main(args.get("--install-dir"), quiet=args.flag("--quiet"))
-        return 0
-    if sub == "discover":
-        from kcm.k8s import discover
 
-        return discover.main(
-            conf_dir, taint=args.flag("--taint"), interval=seconds_option(args, "--interval")
-        )
+def run_reconcile(args: Args) -> int:
+    from kcm import reconcile
+
+    return reconcile.main(
+        args.get("--conf-dir"), seconds_option(args, "--interval"), quiet=args.flag("--quiet")
+    )
+
+
+def run_install(args: Args) -> int:
+    from kcm import install
+
+    install.main(args.get("--install-dir"), quiet=args.flag("--quiet"))
+    return 0
+
+
+def run_discover(args: Args) -> int:
+    from kcm.k8s import discover
+
+    return discover.main(
+        args.get("--conf-dir"),
+        taint=args.flag("--taint"),
+        interval=seconds_option(args, "--interval"),
+    )
+
+
+def run_cluster_init(args: Args) -> int:
     from kcm.k8s import cluster
 
     options = {name: args.get(name) for name in VALUE_OPTIONS["cluster-init"]}
     return cluster.main(options, example_workload=args.flag("--example-workload"))
+
+
+def run_help(args: Args) -> int:
+    from kcm import commands
+
+    if not args.words:
+        sys.stdout.write(commands.global_help())
+        return 0
+    command = commands.BY_NAME.get(args.words[0])
+    if command is None:
+        raise UsageError(f"kcm help: no subcommand {args.words[0]!r}")
+    sys.stdout.write(commands.command_help(command))
+    return 0
+
+
+def run_completion(args: Args) -> int:
+    from kcm import commands, completion
+
+    shell = args.words[0]
+    if shell not in completion.SHELLS:
+        raise UsageError(f"kcm completion: no shell {shell!r}; bash or zsh")
+    sys.stdout.write(completion.script(shell, commands.completion_spec()))
+    return 0
 
 
 def use_colour() -> bool:
@@ -321,17 +344,19 @@ def one_line(message: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
-        sys.stdout.write(HELP)
+        from kcm.commands import global_help
+
+        sys.stdout.write(global_help())
         return 0
     if argv and argv[0] == "--version":
         sys.stdout.write(f"kcm {__version__}\n")
         return 0
+    if argv and argv[0] == "__complete":  # the completion scripts' question; never an error
+        from kcm.completion import kcm_values
+
+        return kcm_values(argv[1:])
     try:
-        args = parse(argv)
-        if args.subcommand == "help":
-            sys.stdout.write(HELP)
-            return 0
-        return dispatch(args)
+        return dispatch(parse(argv))
     except KcmError as e:
         if os.environ.get("KCM_DEBUG") == "1":
             raise
@@ -340,6 +365,15 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def __getattr__(name: str) -> str:
+    """``HELP``, the text of ``kcm --help``, made from the table only when asked for."""
+    if name == "HELP":
+        from kcm.commands import global_help
+
+        return global_help()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run() -> None:

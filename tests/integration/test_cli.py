@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kcm import __version__
+from kcm import __version__, commands
 from kcm.cli import HELP
 from tests.conftest import BIN, assert_one_error_line, kcm_env, run_kcm
 from tests.fixtures.state import SEED_STATE, build_state
@@ -19,8 +19,68 @@ def test_help_and_version() -> None:
     for flag in ("-h", "--help"):
         result = run_kcm(flag)
         assert (result.code, result.out, result.err) == (0, HELP, "")
-    assert run_kcm("describe", "--help").out == HELP
     assert run_kcm("--version").out == f"kcm {__version__}\n"
+
+
+@pytest.mark.parametrize("command", commands.COMMANDS, ids=lambda c: c.name)
+def test_each_subcommand_has_its_own_help(command: commands.Command) -> None:
+    for argv in ([command.name, "--help"], [command.name, "-h"], ["help", command.name]):
+        result = run_kcm(*argv)
+        assert (result.code, result.err) == (0, ""), argv
+        assert result.out == commands.command_help(command)
+    text = result.out
+    assert text.startswith(f"kcm {command.name}: ")
+    for line in command.usage:
+        assert f"  {line}\n" in text
+    sections = [line for line in text.splitlines() if line.endswith(":") and line[0].isupper()]
+    expected = ["Usage:", "Arguments:" if command.arguments else None, "Options:",
+                "Environment:" if command.env else None, "Exit status:"]  # fmt: skip
+    assert sections == [s for s in expected if s]
+    for option in command.options:
+        assert option.spelling in text
+        if option.default is not None:
+            assert f"[default: {option.default}]" in text
+    for env in command.env:
+        assert f"\n  {env.name}" in text
+    codes = [line.split()[0] for line in text.split("Exit status:\n")[1].splitlines()
+             if line.startswith("  ") and not line.startswith("   ")]  # fmt: skip
+    assert codes == [e.code for e in command.exits]
+
+
+def test_help_is_asked_for_anywhere_before_the_arguments(state2: str) -> None:
+    isolate = commands.command_help(commands.BY_NAME["isolate"])
+    assert run_kcm("isolate", "--pool=infra", "--help").out == isolate
+    assert run_kcm("describe", f"--conf-dir={state2}", "-h").out == run_kcm("help", "describe").out
+
+
+def test_help_after_isolates_command_is_the_commands(state2: str) -> None:
+    result = run_kcm(
+        "isolate", f"--conf-dir={state2}", "--pool=infra", "printf '%s|'", "--help",
+        env=kcm_env(KCM_PROC_FS="/proc"),
+    )  # fmt: skip
+    assert (result.code, result.out, result.err) == (0, "--help|", "")
+    result = run_kcm(
+        "isolate", f"--conf-dir={state2}", "--pool=infra", "printf '%s|'", "--help", "--", "-h",
+        env=kcm_env(KCM_PROC_FS="/proc"),
+    )  # fmt: skip
+    assert (result.code, result.out) == (0, "--help|-h|")
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["help", "frobnicate"], "kcm help: no subcommand 'frobnicate'"),
+        (["help", "isolate", "describe"], "unexpected argument 'describe'"),
+        (["completion"], "kcm completion needs a <shell>"),
+        (["completion", "fish"], "kcm completion: no shell 'fish'; bash or zsh"),
+        (["completion", "bash", "zsh"], "unexpected argument 'zsh'"),
+        (["completion", "--shell=bash"], "kcm completion has no option '--shell=bash'"),
+    ],
+)
+def test_help_and_completion_usage_errors(argv: list[str], fragment: str) -> None:
+    result = run_kcm(*argv)
+    assert_one_error_line(result, fragment)
+    assert (result.code, result.out) == (2, "")
 
 
 def test_cmk_is_the_same_program() -> None:

@@ -44,6 +44,21 @@ def test_isolate_imports_neither_kubernetes_nor_yaml_nor_prometheus_client(
     assert not modules & set(HEAVY), modules & set(HEAVY)
 
 
+def test_isolate_loads_neither_the_help_texts_nor_the_completion(state2: str, home: Path) -> None:
+    """The table of subcommands, with its help texts, is for help and completion only."""
+    result = run(
+        [sys.executable, "-X", "importtime", KCM, "isolate", f"--conf-dir={state2}",
+         "--pool=dataplane", "true"],
+        clean_env(home, KCM_PROC_FS="/proc"),
+    )  # fmt: skip
+    assert result.code == 0
+    loaded = {line.rsplit("|", 1)[1].strip() for line in result.err.splitlines() if "|" in line}
+    assert "kcm.isolate" in loaded
+    assert not loaded & {"kcm.commands", "kcm.completion", "textwrap", "dataclasses"}, loaded
+    help_run = run([sys.executable, "-X", "importtime", KCM, "isolate", "--help"], clean_env(home))
+    assert "kcm.commands" in help_run.err  # the check above would see it
+
+
 @pytest.mark.parametrize(
     "argv",
     [

@@ -81,6 +81,31 @@ def test_cli_isolate_args_verbatim() -> None:
     assert args.get("--conf-dir") == "/etc/kcm"
 
 
+def test_cli_help_before_the_arguments_is_the_subcommands() -> None:
+    for argv in (["isolate", "--help"], ["isolate", "--pool=infra", "-h"], ["describe", "-h"]):
+        args = cli.parse(argv)
+        assert (args.subcommand, args.words) == ("help", [argv[0]])
+
+
+def test_cli_help_after_isolates_command_is_the_commands() -> None:
+    args = cli.parse(["isolate", "--pool=infra", "mytool", "--help"])
+    assert (args.subcommand, args.command, args.args) == ("isolate", "mytool", ["--help"])
+    args = cli.parse(["isolate", "--pool=infra", "mytool", "-h", "--", "-v", "--help"])
+    assert args.args == ["-h", "-v", "--help"]
+
+
+def test_cli_positional_arguments() -> None:
+    assert cli.parse(["completion", "zsh"]).words == ["zsh"]
+    assert cli.parse(["help"]).words == []
+    assert cli.parse(["help", "isolate"]).words == ["isolate"]
+
+
+def test_cli_defaults_are_per_subcommand() -> None:
+    assert cli.parse(["cluster-init"]).get("--num-dp-cores") == "4"
+    assert cli.parse(["describe"]).get("--output") == "json"
+    assert cli.parse(["metrics"]).get("--output") == ""
+
+
 def test_cli_separate_value() -> None:
     args = cli.parse(["init", "--conf-dir", "/x", "--num-dp-cores=2"])
     assert args.get("--conf-dir") == "/x"
@@ -100,6 +125,9 @@ def test_cli_separate_value() -> None:
         (["init", "--conf-dir"], "needs a value"),
         (["install"], "needs --install-dir"),
         (["describe", "--conf-dir=a", "--conf-dir=b"], "given twice"),
+        (["completion"], "needs a <shell>"),
+        (["completion", "bash", "zsh"], "unexpected argument 'zsh'"),
+        (["describe", "--", "x"], "'--' only belongs after kcm isolate's <command>"),
     ],
 )
 def test_cli_usage_errors(argv: list[str], message: str) -> None:

@@ -134,6 +134,13 @@ def parser() -> argparse.ArgumentParser:
         help=f"how long each step may take to get ready (default {launch.DEFAULT_TIMEOUT:g})",
     )
     p.add_argument(
+        "--completion",
+        choices=("bash", "zsh"),
+        metavar="SHELL",
+        help="print the completion script for SHELL (bash or zsh) and exit:"
+        " source <(spp-wakeup --completion bash)",
+    )
+    p.add_argument(
         "--grace",
         type=_seconds,
         default=launch.DEFAULT_GRACE,
@@ -179,6 +186,12 @@ def _say(message: str) -> None:
 def run(argv: list[str] | None = None) -> int:
     """spp-wakeup without the error mapping (tests call ``main``)."""
     args = parser().parse_args(argv)
+    if args.completion:
+        from kcm.completion import script
+        from spp_runner.completion import wakeup_spec
+
+        sys.stdout.write(script(args.completion, wakeup_spec()))
+        return 0
     tmux = Tmux()
     if args.status:
         if not _SESSION_RE.match(args.session):

@@ -310,6 +310,13 @@ def parser() -> argparse.ArgumentParser:
         dest="print_only",
         help="print the ssh command instead of running it",
     )
+    p.add_argument(
+        "--completion",
+        choices=("bash", "zsh"),
+        metavar="SHELL",
+        help="print the completion script for SHELL (bash or zsh) and exit:"
+        " source <(sppsh --completion bash)",
+    )
     p.add_argument("target", nargs="?", metavar="ID|HOST|IP", help="the VM to log in to")
     return p
 
@@ -323,6 +330,12 @@ def _exec(program: str, argv: Sequence[str]) -> object:
 
 def run(argv: list[str] | None = None, exec_fn: Exec = _exec) -> int:
     args = parser().parse_args(argv)
+    if args.completion:
+        from kcm.completion import script
+        from spp_runner.completion import sppsh_spec
+
+        sys.stdout.write(script(args.completion, sppsh_spec()))
+        return 0
     if args.list == (args.target is not None):
         if args.list:
             raise UsageError("give either -l or a VM to log in to, not both")
@@ -348,6 +361,11 @@ def run(argv: list[str] | None = None, exec_fn: Exec = _exec) -> int:
 
 
 def main(argv: list[str] | None = None, exec_fn: Exec = _exec) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["__complete"]:  # the completion scripts' question; never an error
+        from spp_runner.completion import sppsh_values
+
+        return sppsh_values(argv[1:])
     try:
         return run(argv, exec_fn)
     except SppError as e:

@@ -8,8 +8,6 @@ quoting of every value that comes from outside.
 from __future__ import annotations
 
 import argparse
-import os
-import stat
 
 from kcm.completion import (
     FILES,
@@ -66,16 +64,15 @@ def sppsh_spec() -> Spec:
 
 def sppsh_targets(line: list[str]) -> list[str]:
     """What ``sppsh ID|HOST|IP`` accepts: each lease's id, host name and address, from the
-    lease file on the line (``--lease-file``) or libvirt's. Only the leases the lease reader
-    lets through are offered, and the scripts quote each value before it reaches the line."""
-    from spp_runner.sppsh import DEFAULT_LEASE_FILE, read_leases
+    lease file on the line (``--lease-file``) or libvirt's, through sppsh's own reader: it
+    refuses, unread, a file that is not a regular one (a FIFO cannot block), and refuses each
+    lease whose address is no IP address or whose host name is not plain, so a name a guest
+    made of shell code is never offered. The scripts quote what is, all the same."""
+    from spp_runner.sppsh import DEFAULT_LEASE_FILE, read_lease_file
 
     path = option_value(line, "--lease-file") or DEFAULT_LEASE_FILE
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        return []  # a FIFO would block the read; the scripts' time limit is the last resort
-    leases = read_leases(path)
     targets = []
-    for lease in leases:
+    for lease in read_lease_file(path).leases:
         if lease.vm_id is not None:
             targets.append(str(lease.vm_id))
         if lease.host:

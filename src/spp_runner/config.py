@@ -31,6 +31,11 @@ _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _SOCKET_MEM_RE = re.compile(r"^[0-9]+(,[0-9]+)*$")
+# A PCI function as sysfs names it (the domain may be left out) ...
+_PCI_RE = re.compile(r"^([0-9A-Fa-f]{4}:)?[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]$")
+# ... or a network interface: what the kernel's dev_valid_name() lets through.
+_IFNAME_RE = re.compile(r"^[^/:\s]{1,15}$")
+_NEAR_HINT = 'name a PCI address such as "0000:3b:00.0" or a network interface such as ens1f0'
 
 
 class Sudo(enum.Enum):
@@ -74,6 +79,7 @@ class Secondary:
     id: int
     cores: Cores
     key: str  # where it is in conf.yml, e.g. "secondaries[2]"
+    near: str | None = None  # coremask auto: the NIC whose NUMA node kcm should prefer
 
 
 @dataclass(frozen=True)
@@ -198,6 +204,27 @@ def _type_name(value: object) -> str:
     if isinstance(value, int):
         return _int_text(value)
     return repr(value)
+
+
+def parse_near(value: object) -> str:
+    """A ``near`` device as conf.yml gives it, or raise ValueError with the reason it is not one.
+
+    Only the spelling is checked here; whether the host has the device is the plan's question.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # YAML 1.1 reads 0000:18:00.1 as the base-60 number 1080.1, so its text is lost.
+        raise ValueError(
+            f"found the number {value!r}: YAML reads an unquoted PCI address made of decimal "
+            'digits (0000:18:00.1) as a number; quote it: near: "0000:18:00.1"'
+        )
+    if not isinstance(value, str):
+        raise ValueError(f"expected a device, found {_type_name(value)}; {_NEAR_HINT}")
+    text = value.strip()
+    if _PCI_RE.match(text):
+        return text.lower()
+    if text in (".", "..") or not text.isprintable() or not _IFNAME_RE.match(text):
+        raise ValueError(f"{value!r} is neither a PCI address nor an interface name; {_NEAR_HINT}")
+    return text
 
 
 def parse_mask(value: object, *, allow_auto: bool) -> Cores | str:
@@ -465,7 +492,16 @@ def parse(data: object, path: str) -> Config:
         )
     controller = Controller(host, pri_port, sec_port)
 
-    pri = p.mapping(top.get("primary"), "primary", known("primary"))
+    raw_pri = top.get("primary")
+    if isinstance(raw_pri, dict) and "near" in raw_pri:
+        # Said for what it is, not as an unknown key: only 'auto' secondaries are placed.
+        raw_pri = {k: v for k, v in raw_pri.items() if k != "near"}
+        p.problem(
+            "primary.near",
+            "the primary's cores are a fixed mask, which kcm never places; remove 'near' and "
+            "give the primary CPUs of the device's node (--dry-run shows each window's node)",
+        )
+    pri = p.mapping(raw_pri, "primary", known("primary"))
     if "coremask" not in pri:
         p.problem("primary.coremask", "missing; give the primary its CPUs, e.g. coremask: 0x03")
         primary_cores = Cores(frozenset(), text="?")
@@ -491,7 +527,8 @@ def parse(data: object, path: str) -> Config:
     primary = Primary(primary_cores, portmask, num_rings)
 
     secondaries: list[Secondary] = []
-    for i, entry in enumerate(p.entries(top.get("secondaries"), "secondaries", ("id", "coremask"))):
+    sec_keys = ("id", "coremask", "near")
+    for i, entry in enumerate(p.entries(top.get("secondaries"), "secondaries", sec_keys)):
         where = f"secondaries[{i}]"
         sec_id = p.entry_id(entry, where)
         if "coremask" not in entry:
@@ -508,8 +545,21 @@ def parse(data: object, path: str) -> Config:
                 cores = Cores(frozenset(), text="?")
             else:
                 cores = parsed
+        near: str | None = None
+        if "near" in entry:
+            try:
+                near = parse_near(entry["near"])
+            except ValueError as e:
+                p.problem(f"{where}.near", str(e))
+            if near is not None and not cores.auto and cores.text != "?":
+                p.problem(
+                    f"{where}.near",
+                    "only a coremask 'auto' is placed near a device (kcm chooses its cores); "
+                    "set coremask: auto, or remove 'near' and give CPUs of the device's node",
+                )
+                near = None
         if sec_id is not None:
-            secondaries.append(Secondary(sec_id, cores, where))
+            secondaries.append(Secondary(sec_id, cores, where, near))
 
     def vms(name: str) -> tuple[VmEntry, ...]:
         found = []

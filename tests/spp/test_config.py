@@ -174,6 +174,132 @@ def test_socket_mem_per_numa_socket() -> None:
     assert parse({**BASE, "eal": {"socket_mem": "512,512"}}).eal.socket_mem == "512,512"
 
 
+# ----------------------------------------------------------------------------- near
+
+AUTO = {"id": 1, "coremask": "auto"}
+
+
+@pytest.mark.parametrize(
+    ("text", "near"),
+    [
+        pytest.param('"0000:3b:00.0"', "0000:3b:00.0", id="pci-quoted"),
+        pytest.param("0000:AF:00.1", "0000:af:00.1", id="pci-unquoted-upper-case"),
+        pytest.param('"3b:00.0"', "3b:00.0", id="pci-without-domain"),
+        pytest.param("ens1f0", "ens1f0", id="interface"),
+        pytest.param("enp175s0f1np1", "enp175s0f1np1", id="interface-15-chars"),
+    ],
+)
+def test_an_auto_secondary_may_be_placed_near_a_device(text: str, near: str) -> None:
+    conf = parse_text(
+        f"primary: {{coremask: 3}}\nsecondaries:\n  - {{id: 1, coremask: auto, near: {text}}}\n"
+    )
+    assert conf.problems == ()
+    assert conf.secondaries[0].near == near
+    assert conf.secondaries[0].cores.auto
+
+
+def test_without_near_a_secondary_is_near_nothing() -> None:
+    assert parse({**BASE, "secondaries": [AUTO]}).secondaries[0].near is None
+
+
+NEAR_PROBLEMS = [
+    pytest.param(
+        # YAML 1.1 reads this as the base-60 float 1080.1: the user must quote it.
+        "primary: {coremask: 3}\nsecondaries: [{id: 1, coremask: auto, near: 0000:18:00.1}]\n",
+        [
+            "secondaries[0].near: found the number 1080.1: YAML reads an unquoted PCI address "
+            'made of decimal digits (0000:18:00.1) as a number; quote it: near: "0000:18:00.1"'
+        ],
+        id="pci-address-yaml-reads-as-a-number",
+    ),
+    pytest.param(
+        "primary: {coremask: 3}\nsecondaries: [{id: 1, coremask: auto, near: [ens1f0]}]\n",
+        [
+            "secondaries[0].near: expected a device, found a list; name a PCI address such as "
+            '"0000:3b:00.0" or a network interface such as ens1f0'
+        ],
+        id="list",
+    ),
+    pytest.param(
+        "primary: {coremask: 3}\nsecondaries: [{id: 1, coremask: auto, near: }]\n",
+        [
+            "secondaries[0].near: expected a device, found nothing; name a PCI address such as "
+            '"0000:3b:00.0" or a network interface such as ens1f0'
+        ],
+        id="empty",
+    ),
+    pytest.param(
+        "primary: {coremask: 3}\nsecondaries: [{id: 1, coremask: auto, near: ../../etc}]\n",
+        [
+            "secondaries[0].near: '../../etc' is neither a PCI address nor an interface name; "
+            'name a PCI address such as "0000:3b:00.0" or a network interface such as ens1f0'
+        ],
+        id="path",
+    ),
+    pytest.param(
+        "primary: {coremask: 3}\nsecondaries: [{id: 1, coremask: auto, near: a-name-of-16-chr}]\n",
+        [
+            "secondaries[0].near: 'a-name-of-16-chr' is neither a PCI address nor an interface "
+            'name; name a PCI address such as "0000:3b:00.0" or a network interface such as '
+            "ens1f0"
+        ],
+        id="interface-name-too-long",
+    ),
+    pytest.param(
+        'primary: {coremask: 3}\nsecondaries: [{id: 1, coremask: auto, near: "0000:3b:00"}]\n',
+        [
+            "secondaries[0].near: '0000:3b:00' is neither a PCI address nor an interface name; "
+            'name a PCI address such as "0000:3b:00.0" or a network interface such as ens1f0'
+        ],
+        id="pci-address-without-function",
+    ),
+    pytest.param(
+        'primary: {coremask: 3}\nsecondaries: [{id: 1, coremask: "0x0C", near: ens1f0}]\n',
+        [
+            "secondaries[0].near: only a coremask 'auto' is placed near a device (kcm chooses "
+            "its cores); set coremask: auto, or remove 'near' and give CPUs of the device's node"
+        ],
+        id="fixed-mask",
+    ),
+    pytest.param(
+        "primary: {coremask: 3, near: ens1f0}\n",
+        [
+            "primary.near: the primary's cores are a fixed mask, which kcm never places; remove "
+            "'near' and give the primary CPUs of the device's node (--dry-run shows each "
+            "window's node)"
+        ],
+        id="primary",
+    ),
+    pytest.param(
+        "primary: {coremask: 3}\nsecondaries: [{id: 1, coremask: auto, nearby: ens1f0}]\n",
+        ["secondaries[0].nearby: unknown key; known keys: id, coremask, near"],
+        id="misspelt",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "problems"), NEAR_PROBLEMS)
+def test_near_problems_name_the_key_and_what_to_write(text: str, problems: list[str]) -> None:
+    assert list(parse_text(text).problems) == problems
+
+
+def test_near_problems_come_with_the_others_at_once() -> None:
+    conf = parse_text(
+        "primary: {coremask: 3, near: ens1f0}\n"
+        "secondaries:\n"
+        "  - {id: 1, coremask: auto, near: 0000:00:03.0}\n"
+        "  - {id: 2, coremask: '0x30', near: ens2f0}\n"
+        "  - {id: 2, coremask: twelve, near: ens2f0}\n"
+    )
+    assert [p.split(":")[0] for p in conf.problems] == [
+        "primary.near",
+        "secondaries[0].near",
+        "secondaries[1].near",
+        "secondaries[2].coremask",  # its near is not judged against a mask that is not one
+        "secondaries[2].id",
+    ]
+
+
 # ----------------------------------------------------------------------------- problems
 
 PROBLEMS = [

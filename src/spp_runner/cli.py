@@ -207,7 +207,8 @@ def run(argv: list[str] | None = None) -> int:
 
     options = options_from(args)
     conf = config.read(args.config)
-    host = read_host(conf.kcm.conf_dir if conf.kcm else None)
+    devices = [sec.near for sec in conf.secondaries[: options.nof_sec] if sec.near]
+    host = read_host(conf.kcm.conf_dir if conf.kcm else None, devices=devices)
     the_plan = plan.build(conf, options, host)
     for warning in the_plan.warnings:
         _warn(warning)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import enum
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+NUMA_NODE_VARIABLE = "KCM_NUMA_NODE"  # what kcm isolate exports: the list's node, or nothing
 
 
 class ProcType(enum.Enum):
@@ -31,7 +34,7 @@ class EalArgs:
     huge_dir: str
     file_prefix: str
     proc_type: ProcType
-    socket_mem: str | None = None  # primary only: secondaries use the primary's memory
+    socket_mem: str | None = None  # None: no --socket-mem (a secondary on a one-node host)
     vdevs: tuple[str, ...] = ()
 
 
@@ -51,6 +54,33 @@ def eal_argv(args: EalArgs) -> list[str]:
     for vdev in args.vdevs:
         argv += ["--vdev", vdev]
     return argv
+
+
+def socket_mem(nodes: Iterable[int], mb: int) -> str:
+    """``--socket-mem`` for ``mb`` MB on each of ``nodes`` and none on the others: one entry per
+    node up to the highest (DPDK reads the missing ones after it as 0), so node 0 alone is
+    ``1024``, node 1 ``0,1024`` and nodes 0 and 2 ``1024,0,1024``."""
+    wanted = frozenset(nodes)
+    if not wanted or min(wanted) < 0:
+        raise ValueError(f"no NUMA nodes to give memory: {sorted(wanted)}")
+    return ",".join(str(mb) if node in wanted else "0" for node in range(max(wanted) + 1))
+
+
+def socket_mem_from_node(mb: int, variable: str = NUMA_NODE_VARIABLE) -> str:
+    """sh code that sets ``mem`` to ``socket_mem({$variable}, mb)``, or leaves it empty when the
+    variable holds no node number (kcm leaves it empty for a CPU list that spans nodes; four
+    digits or more are no node Linux has, and would only make the loop long).
+
+    Used where kcm chooses the cores, and so the node, only when the window starts; the EAL
+    option is then ``${mem:+--socket-mem "$mem"}``.
+    """
+    return (
+        f'mem=; node=${{{variable}:-}}; case $node in ""|*[!0-9]*|????*) ;; *) mem={mb}; '
+        'while [ "$node" -gt 0 ]; do mem=0,$mem; node=$((node - 1)); done;; esac'
+    )
+
+
+SOCKET_MEM_FROM_SHELL = '${mem:+--socket-mem "$mem"}'
 
 
 def vhost_socket(sock_dir: str, index: int) -> str:

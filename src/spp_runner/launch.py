@@ -20,7 +20,8 @@ from functools import partial
 from spp_runner import eal, images, procfs, record, telemetry
 from spp_runner.errors import LaunchError, MissingError, SessionError
 from spp_runner.escape import shown
-from spp_runner.plan import Plan, Role, Window, from_json, to_json
+from spp_runner.host import NodeHugepages, hugepage_size_kb, read_node_hugepages
+from spp_runner.plan import NodeMemory, Plan, Role, Window, from_json, to_json
 from spp_runner.progress import Progress
 from spp_runner.record import Started
 from spp_runner.tmux import Pane, Tmux
@@ -110,6 +111,57 @@ def config_locked(path: str) -> bool | None:
         os.close(fd)
 
 
+def _read_optional(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def hugepage_problems(asks: tuple[NodeMemory, ...], found: list[NodeHugepages]) -> list[str]:
+    """One line for each node that has fewer free hugepages than the session asks of it,
+    naming the node, the page size, the pages needed and the pages free."""
+    problems = []
+    for ask, node in zip(asks, found, strict=True):
+        pages = -(-ask.mb * 1024 // node.size_kb)
+        need = (
+            f"hugepages: node {ask.node} must give {pages} pages of {node.size_kb} kB "
+            f"({ask.mb} MB, eal.socket_mem)"
+        )
+        if node.free is None:
+            fix = ""
+            if node.problem and node.problem.startswith("this host has no node"):
+                fix = f"; give node {ask.node} no memory in eal.socket_mem"
+            problems.append(f"{need} but {node.problem}{fix}")
+        elif node.free < pages:
+            short = pages - node.free
+            problems.append(
+                f"{need} but has {node.free} free; reserve {short} more (raise "
+                f"{os.path.join(os.path.dirname(node.path), 'nr_hugepages')} by {short}) or "
+                "lower eal.socket_mem"
+            )
+    return problems
+
+
+def kcm_knows_near(program: str) -> bool | None:
+    """Whether ``kcm isolate`` takes ``--near`` (from its help); None if kcm does not run."""
+    try:
+        done = subprocess.run(
+            [program, "isolate", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    return "--near" in done.stdout
+
+
 def preflight(plan: Plan, proc_root: str = "/proc") -> list[str]:
     """What stops a real launch of ``plan`` on this host; a dry run shows these as warnings."""
     problems: list[str] = []
@@ -141,6 +193,21 @@ def preflight(plan: Plan, proc_root: str = "/proc") -> list[str]:
             f"eal.huge_dir: {plan.huge_dir} is not a hugetlbfs mount; mount one there "
             f"(mount -t hugetlbfs nodev {plan.huge_dir}) and reserve pages "
             "(sysctl vm.nr_hugepages=N)"
+        )
+    if plan.hugepages:
+        size_kb = hugepage_size_kb(
+            plan.huge_dir,
+            _read_optional(os.path.join(proc_root, "mounts")),
+            _read_optional(os.path.join(proc_root, "meminfo")),
+        )
+        found = [read_node_hugepages(plan.sys_root, m.node, size_kb) for m in plan.hugepages]
+        problems += hugepage_problems(plan.hugepages, found)
+    near = [w for w in plan.windows if w.near is not None]
+    if near and plan.kcm_program and kcm_knows_near(plan.kcm_program) is False:
+        names = ", ".join(f"'{w.name}'" for w in near)
+        problems.append(
+            f"kcm ({plan.kcm_program}) has no 'isolate --near', which the window(s) {names} "
+            "need; install a kcm that has it, or remove 'near' from conf.yml"
         )
     sock_dirs = {os.path.dirname(s) for s in plan.vhost_sockets}
     for sock_dir in sorted(sock_dirs):

@@ -73,6 +73,10 @@ class Window:
     programs: tuple[str, ...] = ()  # what must exist for a real launch
     vhost_sockets: tuple[str, ...] = ()  # primary: sockets it serves; VM: sockets it joins
     image: str | None = None  # VM: the disk it boots
+    nodes: tuple[int, ...] = ()  # NUMA nodes of its fixed cores (none known: empty)
+    near: str | None = None  # auto: the device whose node kcm prefers
+    near_node: int | None = None  # that device's node when planned (None: on no node)
+    node_memory: int | None = None  # auto: MB that its shell gives KCM_NUMA_NODE's node
 
     @property
     def command(self) -> str:
@@ -85,6 +89,14 @@ class Window:
         if self.cores is None:
             return "-"
         return cpulist.format(self.cores)
+
+
+@dataclass(frozen=True)
+class NodeMemory:
+    """The hugepage memory, in MB, that the session's DPDK processes ask of one NUMA node."""
+
+    node: int
+    mb: int
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,15 @@ class Plan:
     uses_sudo: bool
     kcm_pool: str | None = None
     warnings: tuple[str, ...] = ()
+    numa_nodes: tuple[int, ...] = ()  # the host's nodes with CPUs (none known: empty)
+    hugepages: tuple[NodeMemory, ...] = ()  # what each node must have free for the launch
+    sys_root: str = "/sys"  # the sysfs planned against; the hugepage check reads it too
+    kcm_program: str | None = None
+
+    @property
+    def multi_node(self) -> bool:
+        """Whether NUMA placement matters here: on one node every choice is local."""
+        return len(self.numa_nodes) > 1
 
     def window(self, name: str) -> Window:
         for w in self.windows:
@@ -177,6 +198,12 @@ def check(config: Config, options: Options, host: Host) -> list[str]:
         elif host.kcm_pools is not None:
             problems += _check_kcm(config.kcm.pool, host.kcm_pools, pinned, len(autos))
 
+    for sec in secondaries:
+        device = host.device(sec.near) if sec.near is not None else None
+        if device is not None and device.error is not None:
+            fix = "" if "; " in device.error else "; name a device of this host or remove 'near'"
+            problems.append(f"{sec.key}.near: {device.error}{fix}")
+
     if "," in config.paths.sock_dir:
         problems.append(
             f"paths.sock_dir: {config.paths.sock_dir!r} holds a comma, which DPDK's --vdev "
@@ -232,6 +259,116 @@ def _check_kcm(
                 "free some or give masks"
             )
     return problems
+
+
+# ----------------------------------------------------------------------------- NUMA
+
+
+def _and(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+
+
+def _nodes_with_cpus(host: Host, cpus: frozenset[int]) -> str:
+    """``0 (CPUs 0-9) and 1 (CPUs 10-11)``: each node of ``cpus`` with its CPUs among them."""
+    return _and(
+        [
+            f"{node} (CPUs {_cpus(frozenset(c for c in cpus if host.cpu_nodes.get(c) == node))})"
+            for node in sorted(host.nodes_of(cpus))
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class _Memory:
+    """eal.socket_mem read for NUMA: one number is MB for each node a process runs on; a
+    list (``"1024,512"``) is passed as written, one entry per node from node 0."""
+
+    text: str
+    per_node: int | None  # one number
+    listed: tuple[int, ...]  # a list
+
+    @staticmethod
+    def of(text: str) -> _Memory:
+        values = tuple(int(v) for v in text.split(","))
+        if len(values) == 1:
+            return _Memory(text, values[0], ())
+        return _Memory(text, None, values)
+
+    def argument(self, nodes: frozenset[int]) -> str:
+        """The ``--socket-mem`` of a process on ``nodes`` (none known: as written)."""
+        if self.per_node is None or not nodes:
+            return self.text
+        return eal.socket_mem(nodes, self.per_node)
+
+    def on(self, node: int) -> int:
+        if self.per_node is not None:
+            return self.per_node
+        return self.listed[node] if node < len(self.listed) else 0
+
+
+def _hugepages(memory: _Memory, nodes_in_use: frozenset[int]) -> tuple[NodeMemory, ...]:
+    """What each node must have free: a list's entries are what the primary reserves at start;
+    one number is each node a DPDK process of the session runs on (or, for an 'auto'
+    secondary, the node of its device). Secondaries reserve nothing themselves: they share the
+    primary's memory, and DPDK grows it on their node when they allocate there, so a number
+    counts once per node, not once per process."""
+    if memory.per_node is None:
+        return tuple(NodeMemory(n, mb) for n, mb in enumerate(memory.listed) if mb)
+    return tuple(NodeMemory(n, memory.per_node) for n in sorted(nodes_in_use))
+
+
+def _numa_warnings(
+    host: Host, memory: _Memory, pinned: list[tuple[str, str, frozenset[int]]]
+) -> list[str]:
+    """Fixed masks that span nodes, and nodes a listed socket_mem leaves without memory."""
+    warnings: list[str] = []
+    for key, text, cpus in pinned:
+        if len(host.nodes_of(cpus)) > 1:
+            warnings.append(
+                f"{key}: {text} spans NUMA nodes {_nodes_with_cpus(host, cpus)}; its memory "
+                "and packets cross between the nodes, so choose CPUs of one node"
+            )
+    if memory.per_node is None:
+        for key, _, cpus in pinned:
+            for node in sorted(host.nodes_of(cpus)):
+                if memory.on(node) == 0:
+                    on_node = frozenset(c for c in cpus if host.cpu_nodes.get(c) == node)
+                    warnings.append(
+                        f"eal.socket_mem: {memory.text!r} gives node {node} no memory, but "
+                        f"{key} has CPUs {_cpus(on_node)} there; give node {node} memory, or "
+                        "write one number to give each process that much on its own nodes"
+                    )
+    return warnings
+
+
+def _near_warnings(config: Config, host: Host, autos: list[tuple[str, int]]) -> list[str]:
+    """Nodes whose free lists in kcm's pool are fewer than the 'auto' secondaries near them."""
+    if config.kcm is None or host.kcm_pools is None:
+        return []
+    pool = next((p for p in host.kcm_pools if p.name == config.kcm.pool), None)
+    if pool is None:
+        return []
+    warnings = []
+    for node in sorted({n for _, n in autos}):
+        keys = [k for k, n in autos if n == node]
+        free = sum(
+            1
+            for cl in pool.cpu_lists
+            if not cl.tasks
+            and cl.cpus
+            and host.nodes_of(cl.cpus) == {node}
+            and all(c in host.cpu_nodes for c in cl.cpus)
+        )
+        if free < len(keys):
+            short = len(keys) - free
+            lists = f"{free} free CPU list{'' if free == 1 else 's'}"
+            autos_text = f"{len(keys)} 'auto' secondar{'y' if len(keys) == 1 else 'ies'}"
+            warnings.append(
+                f"{_and(keys)}: placed near a device on node {node}, where kcm pool "
+                f"{config.kcm.pool!r} has {lists} for {autos_text}; kcm will give {short} a list "
+                f"of another node and say so in {'its' if short == 1 else 'their'} window"
+            )
+    return warnings
 
 
 # ----------------------------------------------------------------------------- building
@@ -342,13 +479,18 @@ def build(config: Config, options: Options, host: Host) -> Plan:
     portmask = config.primary.portmask
     if portmask is None:
         portmask = (1 << vhost_count) - 1
+    memory = _Memory.of(e.socket_mem)
+    multi_node = len(host.numa_nodes) > 1
+    primary_nodes = host.nodes_of(config.primary.cores.cpus)
+    nodes_in_use = set(primary_nodes)
+    pinned = [("primary.coremask", config.primary.cores.text, config.primary.cores.cpus)]
     primary_eal = eal.EalArgs(
         cores=cpulist.format(config.primary.cores.cpus),
         mem_channels=e.mem_channels,
         huge_dir=e.huge_dir,
         file_prefix=e.file_prefix,
         proc_type=eal.ProcType.PRIMARY,
-        socket_mem=e.socket_mem,
+        socket_mem=memory.argument(primary_nodes),
         vdevs=tuple(eal.vhost_vdev(paths.sock_dir, i) for i in range(vhost_count)),
     )
     windows.append(
@@ -371,40 +513,71 @@ def build(config: Config, options: Options, host: Host) -> Plan:
             cores=config.primary.cores.cpus,
             programs=(paths.primary,),
             vhost_sockets=vhost_sockets,
+            nodes=tuple(sorted(primary_nodes)),
         )
     )
 
+    near_autos: list[tuple[str, int]] = []  # (key, node of its device) of each 'auto' near one
     for sec in config.secondaries[: options.nof_sec]:
         app = ("--", "-n", str(sec.id), "-s", f"{ctl.host}:{ctl.sec_port}")
+        nodes = frozenset() if sec.cores.auto else host.nodes_of(sec.cores.cpus)
+        # A secondary reserves no memory (DPDK ignores its --socket-mem); on a host of several
+        # nodes it still names its node, as the memory it allocates comes from there.
+        socket_mem: str | None = None
+        node_memory: int | None = None
+        if multi_node and (nodes or memory.per_node is None):
+            socket_mem = memory.argument(nodes)
+        elif multi_node and sec.cores.auto:
+            node_memory = memory.per_node  # from KCM_NUMA_NODE, once kcm has chosen
         sec_eal = eal.EalArgs(
             cores=None if sec.cores.auto else cpulist.format(sec.cores.cpus),
             mem_channels=e.mem_channels,
             huge_dir=e.huge_dir,
             file_prefix=e.file_prefix,
             proc_type=eal.ProcType.SECONDARY,
+            socket_mem=socket_mem,
         )
+        device = host.device(sec.near) if sec.near is not None else None
+        near_node = device.node if device is not None else None
         if sec.cores.auto:
             assert config.kcm is not None  # check() refuses 'auto' without kcm
             k = config.kcm
-            # kcm books a free list of its pool, pins the child and exports the list; the
-            # one shell snippet turns that into spp_nfv's EAL core list.
+            # kcm books a free list of its pool, pins the child and exports the list (and its
+            # node); the one shell snippet turns that into spp_nfv's EAL options.
+            command = f'exec {shlex.quote(paths.nfv)} -l "$KCM_CPUS_ASSIGNED"'
+            if node_memory is not None:
+                command = (
+                    f"{eal.socket_mem_from_node(node_memory)}; {command} "
+                    f"{eal.SOCKET_MEM_FROM_SHELL}"
+                )
+            # kcm in the window reads the host the plan was made for (the window's
+            # environment holds PATH alone).
+            sys_env = () if host.sys_root == "/sys" else (f"KCM_SYS_FS={host.sys_root}",)
+            near = () if sec.near is None else (f"--near={sec.near}",)
             argv: tuple[str, ...] = (
                 *sudo,
                 "env",
                 f"KCM_PROC_FS={k.proc_fs}",
+                *sys_env,
                 k.program,
                 "isolate",
                 f"--conf-dir={k.conf_dir}",
                 f"--pool={k.pool}",
-                f'exec {shlex.quote(paths.nfv)} -l "$KCM_CPUS_ASSIGNED"',
+                *near,
+                command,
                 "--",
                 *eal.eal_argv(sec_eal),
                 *app,
             )
             programs: tuple[str, ...] = (k.program, paths.nfv)
+            if near_node is not None:
+                near_autos.append((sec.key, near_node))
+                nodes_in_use.add(near_node)
         else:
             argv = (*sudo, paths.nfv, *eal.eal_argv(sec_eal), *app)
             programs = (paths.nfv,)
+            pinned.append((f"{sec.key}.coremask", sec.cores.text, sec.cores.cpus))
+            nodes_in_use |= nodes
         windows.append(
             Window(
                 name=f"sec{sec.id}",
@@ -414,8 +587,16 @@ def build(config: Config, options: Options, host: Host) -> Plan:
                 cores=None if sec.cores.auto else sec.cores.cpus,
                 auto_cores=sec.cores.auto,
                 programs=programs,
+                nodes=tuple(sorted(nodes)),
+                near=sec.near,
+                near_node=near_node,
+                node_memory=node_memory,
             )
         )
+    if host.cpu_nodes:
+        warnings += _numa_warnings(host, memory, pinned)
+    if multi_node:
+        warnings += _near_warnings(config, host, near_autos)
 
     images: list[ImageLink] = []
     if options.template:
@@ -464,6 +645,10 @@ def build(config: Config, options: Options, host: Host) -> Plan:
         uses_sudo=uses_sudo,
         kcm_pool=config.kcm.pool if config.kcm else None,
         warnings=tuple(warnings),
+        numa_nodes=tuple(sorted(host.numa_nodes)),
+        hugepages=_hugepages(memory, frozenset(nodes_in_use)) if host.cpu_nodes else (),
+        sys_root=host.sys_root,
+        kcm_program=config.kcm.program if config.kcm else None,
     )
 
 
@@ -484,6 +669,10 @@ def to_json(plan: Plan) -> str:
             "programs": list(w.programs),
             "vhost_sockets": list(w.vhost_sockets),
             "image": w.image,
+            "nodes": list(w.nodes),
+            "near": w.near,
+            "near_node": w.near_node,
+            "node_memory": w.node_memory,
         }
 
     return json.dumps(
@@ -501,6 +690,10 @@ def to_json(plan: Plan) -> str:
             "uses_sudo": plan.uses_sudo,
             "kcm_pool": plan.kcm_pool,
             "warnings": list(plan.warnings),
+            "numa_nodes": list(plan.numa_nodes),
+            "hugepages": [[m.node, m.mb] for m in plan.hugepages],
+            "sys_root": plan.sys_root,
+            "kcm_program": plan.kcm_program,
         },
         sort_keys=True,
     )
@@ -521,6 +714,11 @@ def from_json(text: str) -> Plan:
                 programs=tuple(w["programs"]),
                 vhost_sockets=tuple(w["vhost_sockets"]),
                 image=w["image"],
+                # What an older spp-wakeup's stored plan lacks has its default.
+                nodes=tuple(int(n) for n in w.get("nodes", ())),
+                near=w.get("near"),
+                near_node=w.get("near_node"),
+                node_memory=w.get("node_memory"),
             )
             for w in d["windows"]
         )
@@ -539,6 +737,10 @@ def from_json(text: str) -> Plan:
             uses_sudo=bool(d["uses_sudo"]),
             kcm_pool=d["kcm_pool"],
             warnings=tuple(d["warnings"]),
+            numa_nodes=tuple(int(n) for n in d.get("numa_nodes", ())),
+            hugepages=tuple(NodeMemory(int(n), int(mb)) for n, mb in d.get("hugepages", ())),
+            sys_root=d.get("sys_root", "/sys"),
+            kcm_program=d.get("kcm_program"),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"not a stored spp-wakeup plan: {e}") from None

@@ -30,7 +30,20 @@ def assert_error_lines(
     assert result.stderr.splitlines() == [f"spp-wakeup: error: {line}" for line in lines]
 
 
-def test_seed_conf_plans_unchanged_on_a_16_cpu_host(tmp_path: Path, sysfs16: Path) -> None:
+@pytest.mark.parametrize(
+    "bundled",
+    [
+        pytest.param(False, id="sysfs-without-numa-nodes"),
+        # examples/sysfs/seed-16cpu: one NUMA node with 1024 free 2 MB pages. On one node NUMA
+        # changes nothing: no node column, no --socket-mem for secondaries, 1024 on node 0.
+        pytest.param(True, id="bundled-sysfs-one-node"),
+    ],
+)
+def test_seed_conf_plans_unchanged_on_a_16_cpu_host(
+    tmp_path: Path, sysfs16: Path, monkeypatch: pytest.MonkeyPatch, bundled: bool
+) -> None:
+    if bundled:
+        monkeypatch.setenv("KCM_SYS_FS", str(REPO / "examples/sysfs/seed-16cpu"))
     run_dir = seed_dir(tmp_path)
     result = run_cli(SPP_WAKEUP, "--dry-run", cwd=run_dir)
     assert result.returncode == 0, result.stderr
@@ -83,6 +96,7 @@ images (qcow2 overlays, created on first use):
     )
     assert any(f"{spp}/src/spp.py does not exist" in w for w in warnings)
     assert any(f"VM template image {img}/template.qcow2 does not exist" in w for w in warnings)
+    assert not any("hugepages:" in w for w in warnings)  # node 0 has the 512 pages it needs
     assert not (tmp_path / "qemu-hda").exists()  # a dry run creates no image
 
 
@@ -324,16 +338,20 @@ def kcm_state(tmp_path: Path, sysfs16: Path) -> Path:
     return state
 
 
-def test_kcm_example_plans_auto_secondaries_through_kcm(tmp_path: Path, kcm_state: Path) -> None:
+def test_kcm_example_plans_auto_secondaries_through_kcm(
+    tmp_path: Path, kcm_state: Path, sysfs16: Path
+) -> None:
     text = (REPO / "examples/spp/conf-kcm.yml").read_text()
     conf = tmp_path / "conf.yml"
     conf.write_text(text.replace("/etc/kcm", str(kcm_state)))
     result = run_cli(SPP_WAKEUP, "--config", str(conf), "--dry-run")
     assert result.returncode == 0, result.stderr
     assert "  [2] sec1        cores: auto\n" in result.stdout
+    # kcm in the window reads the sysfs the plan was made for (here the fake 16-CPU host's),
+    # as the window's environment holds PATH alone.
     assert (
-        f"      env KCM_PROC_FS=/proc kcm isolate --conf-dir={kcm_state} --pool=dataplane "
-        "'exec " in result.stdout
+        f"      env KCM_PROC_FS=/proc KCM_SYS_FS={sysfs16} kcm isolate --conf-dir={kcm_state} "
+        "--pool=dataplane 'exec " in result.stdout
     )
     assert "      cores booked by kcm from pool 'dataplane' at start\n" in result.stdout
 

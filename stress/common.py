@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -19,11 +20,16 @@ from kcm.model import CpuList, Pool
 
 BIN = os.path.dirname(sys.executable)
 KCM = os.path.join(BIN, "kcm")
+# The cgroup parent of this run's bookings (``KCM_CGROUP_PARENT``): its own, removed by
+# ``main`` at the end with whatever the run left in it.
+CGROUP_PARENT = f"kcm-stress-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def kcm_env(**extra: str) -> dict[str, str]:
-    """The caller's environment without any KCM_/CMK_ setting, plus ``extra``."""
+    """The caller's environment without any KCM_/CMK_ setting, plus the run's cgroup parent
+    and ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KCM_", "CMK_"))}
+    env["KCM_CGROUP_PARENT"] = CGROUP_PARENT
     env.update(extra)
     return env
 
@@ -221,7 +227,49 @@ def main(
 ) -> int:
     """Parse ``argv``, run ``stress`` in a fresh work directory, print its figures; 0 if it held."""
     args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix=f"kcm-{script}-", dir=args.workdir) as workdir:
-        report = stress(args, workdir)
-        report.finish()
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"kcm-{script}-", dir=args.workdir) as workdir:
+            report = stress(args, workdir)
+            report.finish()
+    finally:
+        remove_cgroup_parent()
     return 0 if report.ok else 1
+
+
+def cgroup_top() -> str | None:
+    """``<hierarchy>/<CGROUP_PARENT>``: where this run's bookings go (None without cgroups)."""
+    from kcm.host import cgroups
+
+    found = cgroups.find_hierarchy(cgroups.DEFAULT_CGROUP_FS)
+    return None if found is None else f"{found[1]}/{CGROUP_PARENT}"
+
+
+def remove_cgroup_parent() -> None:
+    """Kill what the run left in its cgroup parent (only the run put processes there) and
+    remove every level of it, bottom-up."""
+    import signal
+
+    top = cgroup_top()
+    if top is None or not os.path.isdir(top):
+        return
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        left: set[int] = set()
+        for dirpath, _dirs, _files in os.walk(top):
+            try:
+                left.update(int(pid) for pid in _read(f"{dirpath}/cgroup.procs").split())
+            except FileNotFoundError:
+                continue
+        if not left:
+            break
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.02)
+    for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
+        try:
+            os.rmdir(dirpath)
+        except OSError:
+            pass

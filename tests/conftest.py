@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.cgroups import remove_parent, unique_parent
 from tests.fixtures.sysfs import NO_HT_2, build_sysfs
 from tests.guest import marker as guest_marker
 
@@ -19,6 +20,18 @@ os.umask(0o022)
 
 BIN = Path(sys.executable).parent
 KCM = str(BIN / "kcm")
+
+# Every kcm isolate a test runs books a cgroup (as root, where the host has a cpuset
+# hierarchy): under a parent of this run's own, removed at the end with anything left in it.
+# Tests of the cgroups themselves give each test a parent of its own (tests/fixtures/cgroups.py).
+CGROUP_PARENT = unique_parent()
+# Also for what runs kcm with an environment of its own making (a pty's child, tmux); tests
+# that build one from scratch add it themselves (conftest.CGROUP_PARENT).
+os.environ["KCM_CGROUP_PARENT"] = CGROUP_PARENT
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    remove_parent(CGROUP_PARENT)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -39,6 +52,7 @@ class Result:
 
 def kcm_env(**extra: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KCM_", "CMK_"))}
+    env["KCM_CGROUP_PARENT"] = CGROUP_PARENT
     for key, value in extra.items():
         if value is None:
             env.pop(key, None)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import time
 
-from kcm.model import Pool, describe_json
+from kcm.model import Pool, describe_json, held_by_leftovers
 from kcm.state import StateReader, lock_timeout
 
 TYPE_CHECKING = False  # typing costs ms at start-up; mypy treats this name as True
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from kcm.table import TaskInfo
 
 OUTPUTS = ("json", "table")
@@ -95,4 +97,44 @@ def describe_table(conf_dir: str, *, colour: bool) -> str:
     pools = read_state(conf_dir).pools
     numa_of = sysfs.read_numa_nodes(sysfs.sys_root())
     tasks = read_tasks(procfs.proc_root_or_default(), table.shown_pids(pools))
-    return table.render(table.rows(pools, numa_of, tasks), colour=colour)
+    leftovers = lists_held_by_leftovers(conf_dir, pools, set(tasks), table.shown_tasks)
+    return table.render(table.rows(pools, numa_of, tasks, leftovers), colour=colour)
+
+
+def heirs_among(conf_dir: str, pools: dict[str, Pool], live: set[int]) -> dict[str, set[int]]:
+    """Which live tasks of each list (``pool/cpus``) are heirs: processes that took a booking
+    over from the kcm isolate that made it (their ``.heir-<pid>`` record, read under the
+    shared lock). One failed open per live task; none for the gone ones."""
+    found: dict[str, set[int]] = {}
+    wanted = {
+        (pool.name, cl.cpus): [pid for pid in cl.tasks if pid in live]
+        for pool in pools.values()
+        for cl in pool.cpu_lists.values()
+    }
+    if not any(wanted.values()):
+        return found
+    with StateReader(conf_dir) as state:
+        state.lock(lock_timeout())
+        for (pool_name, cpus), pids in wanted.items():
+            if pids:
+                found[f"{pool_name}/{cpus}"] = set(state.heir_texts(pool_name, cpus, pids))
+    return found
+
+
+def lists_held_by_leftovers(
+    conf_dir: str,
+    pools: dict[str, Pool],
+    live: set[int],
+    shown: Callable[[list[int]], tuple[list[int], int]] | None = None,
+) -> set[str]:
+    """The lists (``pool/cpus``) that only leftovers hold. ``shown`` narrows a list's tasks to
+    those the reader looked up (the table: its first few)."""
+    heirs = heirs_among(conf_dir, pools, live)
+    held: set[str] = set()
+    for pool in pools.values():
+        for cl in pool.cpu_lists.values():
+            key = f"{pool.name}/{cl.cpus}"
+            tasks = cl.tasks if shown is None else shown(cl.tasks)[0]
+            if held_by_leftovers(tasks, live, heirs.get(key, set())):
+                held.add(key)
+    return held

@@ -1,7 +1,53 @@
-"""Run a command on a CPU list of a pool: book the list, pin, run, forward signals, release.
+"""Run a command on a CPU list of a pool: book the list, hold it, pin, run, forward signals,
+release (or hand the booking to what the command left behind).
 
 This is kcm's hot path, so it imports nothing heavy: ``_signal`` instead of ``signal`` (which
-pulls in ``enum``), ``os.fork``/``os.execv`` instead of ``subprocess``.
+pulls in ``enum``), ``os.fork``/``os.execv`` instead of ``subprocess``; what only a full pool
+or a command's leftovers need (``kcm.reclaim``, ``kcm.holders``) is imported then.
+
+**The booking's cgroup** (``kcm.host.cgroups``, where the host has a writable cpuset
+hierarchy) is made *under the state lock, before the PID is recorded*, and kcm moves itself in
+*after the lock is released, before the command is spawned*:
+
+1. lock; choose a list (reclaiming, in a full exclusive pool, lists whose holders are gone);
+2. ``create`` the booking ``<pid>-<start>`` (empty; its name says whose it is);
+3. record the PID in the list's tasks (no owner record: the booking's name has the start
+   time); unlock;
+4. ``enter`` (``0`` into ``tasks`` on v1; ``cgroup.procs`` on v2, which may wait ~15 ms for
+   an RCU grace period: outside the lock, so other isolates don't wait for it);
+5. spawn the command, which starts inside, and every descendant with it.
+
+Why this order holds at every instant, also against ``kill -9`` of kcm and a concurrent
+``kcm reconcile`` or reclaiming isolate (both work under the same lock):
+
+- Killed before 2: nothing exists. Between 2 and 3: an empty booking of a dead kcm on no
+  list's tasks: reconcile removes it (empty, its kcm gone by PID and start time), and so does
+  the next isolate that takes the list (``reclaim``). Nothing was spawned.
+- From 3 on, the recorded PID's start time is known from the booking's name, so a reused PID
+  never looks like kcm. Between 3 and 5 the booking is empty or holds kcm alone: killed, kcm
+  leaves it empty (a zombie is in no cgroup), and the list is free as soon as its PID is dead
+  and its booking empty, which reconcile and the next isolate check. While kcm lives, its PID
+  is recorded and alive, so nobody reclaims the list or removes its empty booking.
+- After 5 every process of the command is in the booking (the kernel makes a child's cgroup
+  its parent's at fork). Killed then, kcm leaves them holding it: its PID is dead, but the
+  booking is populated, so the list stays booked, and reconcile or the next isolate's
+  reclaim hands the tasks entry over to the oldest live process of the booking.
+- Making the booking under the lock costs the lock ~0.25 ms (v1) and keeps reconcile's
+  pruning of empty levels from ever racing kcm's own creation; entering it outside the lock
+  keeps v2's grace period off everyone else's path.
+
+When the command exits kcm moves back where it came from and asks whether the booking is
+empty: if so it releases the list, and only then removes the cgroup (so the booking's name
+outlives the record it vouches for); if not, it hands the list to the oldest live process of
+the booking (tasks names it, its owner record says its start time and the booking), and
+exits with the command's status all the same.
+
+**Without a cgroup** (``Unavailable``: not root, a read-only or missing cgroupfs) the booking
+is the recorded PID (with its owner record) and the command's process group: if members of
+that group outlive the command, the list is handed to the oldest of them (its record names
+the group, so reconcile hands it on while the group lives). A process that leaves the group
+(``setsid``, a daemon) is not held, nor are the command's processes if kcm is killed; an
+exclusive pool says so once on stderr.
 """
 
 from __future__ import annotations
@@ -11,8 +57,9 @@ import os
 from kcm import cpulist
 from kcm.allocate import choose_cpu_list
 from kcm.errors import EnvironmentProblem, KcmError, PoolExhaustedError
-from kcm.host import procfs
-from kcm.state import StateDir, lock_timeout, validate_pool_name
+from kcm.host import cgroups, procfs
+from kcm.model import Pool
+from kcm.state import OWNER_PREFIX, StateDir, lock_timeout, validate_pool_name
 
 TYPE_CHECKING = False  # typing costs ms at start-up; mypy treats this name as True
 if TYPE_CHECKING:
@@ -46,22 +93,107 @@ def exit_status(wait_status: int) -> int:
     return os.waitstatus_to_exitcode(wait_status)
 
 
-def book(conf_dir: str, pool_name: str, pid: int, start_time: int) -> str:
-    """Record ``pid`` on a list of ``pool_name`` under the lock; the list's name."""
+class Booked:
+    """What ``book`` got: the list, its pool's kind, and the booking's cgroup (None without)."""
+
+    __slots__ = ("booking", "cpus", "exclusive")
+
+    def __init__(self, cpus: str, exclusive: bool, booking: cgroups.Booking | None) -> None:
+        self.cpus = cpus
+        self.exclusive = exclusive
+        self.booking = booking
+
+
+def book(
+    conf_dir: str,
+    pool_name: str,
+    me: procfs.Stat,
+    backend: cgroups.Backend | None,
+    proc_root: str,
+) -> Booked:
+    """Record ``me`` on a list of ``pool_name`` under the lock, and make its booking's cgroup
+    (with a backend) just before; see the module's docstring for the order."""
     validate_pool_name(pool_name)
     with StateDir(conf_dir) as state:
         state.lock(lock_timeout())
         pool = state.read_pool(pool_name)
         chosen = choose_cpu_list(pool)
+        look = None
+        if pool.exclusive and backend is not None:
+            # A free list's booking cgroup outlives its tasks only if someone cleared them by
+            # hand (or made the state anew under live workloads); the check is one listing.
+            held: set[str] = set()
+            while chosen is not None and not backend.reclaim(pool_name, chosen.cpus):
+                from kcm import reclaim
+
+                look = look or reclaim.Look(proc_root)
+                reclaim.settle_free_list(state, look, backend, pool_name, chosen)
+                held.add(chosen.cpus)
+                rest = {k: v for k, v in pool.cpu_lists.items() if k not in held}
+                chosen = choose_cpu_list(Pool(pool.name, pool.exclusive, rest))
+        reclaimed = None
+        if chosen is None and pool.exclusive and pool.cpu_lists:
+            from kcm import reclaim
+
+            look = look or reclaim.Look(proc_root)
+            reclaimed, by_leftovers = reclaim.reclaim_pool(state, look, backend, pool)
+            if reclaimed is None:
+                raise _exhausted(conf_dir, pool, by_leftovers)
+            chosen = reclaimed.cpu_list
         if chosen is None:
-            if not pool.cpu_lists:
-                raise PoolExhaustedError(f"pool {pool_name!r} in {conf_dir} has no CPU lists")
-            raise PoolExhaustedError(
-                f"no free CPU list in exclusive pool {pool_name!r} of {conf_dir}: all"
-                f" {len(pool.cpu_lists)} are taken (kcm reconcile frees lists of dead tasks)"
-            )
-        state.add_task(pool_name, chosen, pid, start_time)
-        return chosen.cpus
+            raise _exhausted(conf_dir, pool, 0)
+        booking = None
+        if backend is not None:
+            cpus = backend.usable_cpus(chosen.cpus)
+            if not cpus:
+                raise EnvironmentProblem(
+                    f"cannot pin to CPUs {chosen.cpus} of pool {pool_name!r}: the host has none"
+                    f" of them ({backend.hierarchy}/{backend.ROOT_CPUS})"
+                )
+            booking = cgroups.Booking(pool_name, chosen.cpus, me.pid, me.start_time)
+        try:
+            if booking is not None:
+                assert backend is not None
+                backend.create(booking, cpus)
+            start = None if booking is not None else me.start_time
+            if reclaimed is None:
+                state.add_task(pool_name, chosen, me.pid, start)
+            else:
+                owner = {f"{OWNER_PREFIX}{me.pid}": f"{start}\n"} if start is not None else None
+                state.set_tasks(pool_name, chosen.cpus, [me.pid], reclaimed.dropped, owner)
+        except BaseException:
+            if booking is not None:
+                assert backend is not None
+                _remove_quietly(backend, booking)
+            raise
+        if reclaimed is not None and backend is not None:
+            for name in reclaimed.remove:  # the empty bookings of the gone holders
+                ids = cgroups.parse_booking_name(name)
+                if ids is not None:
+                    _remove_quietly(backend, cgroups.Booking(pool_name, chosen.cpus, *ids))
+        return Booked(chosen.cpus, pool.exclusive, booking)
+
+
+def _exhausted(conf_dir: str, pool: Pool, by_leftovers: int) -> PoolExhaustedError:
+    if not pool.cpu_lists:
+        return PoolExhaustedError(f"pool {pool.name!r} in {conf_dir} has no CPU lists")
+    left = ""
+    if by_leftovers:
+        left = (
+            f", {by_leftovers} of them by processes that earlier bookings left behind (they"
+            " keep their list until they exit)"
+        )
+    return PoolExhaustedError(
+        f"no free CPU list in exclusive pool {pool.name!r} of {conf_dir}: all"
+        f" {len(pool.cpu_lists)} are taken{left}"
+    )
+
+
+def _remove_quietly(backend: cgroups.Backend, booking: cgroups.Booking) -> None:
+    try:
+        backend.remove(booking)
+    except KcmError:
+        pass  # reconcile removes an empty booking whose kcm is gone
 
 
 # Giving up a booking refuses one command cleanly, but giving up a release leaves the list
@@ -81,15 +213,110 @@ def release(conf_dir: str, pool_name: str, cpu_list: str, pid: int) -> None:
             state.lock(RELEASE_PATIENCE * lock_timeout())
             state.remove_task(pool_name, cpu_list, pid)
     except KcmError as e:
-        if state.writes:  # the tasks file was replaced; only making it durable failed
-            what = f"the exited PID {pid} was removed from CPU list {cpu_list} of pool"
-            what += f" {pool_name!r}, but that may not be on disk"
-        else:
-            what = f"CPU list {cpu_list} of pool {pool_name!r} stays booked by the exited"
-            what += f" PID {pid} until kcm reconcile runs"
-        from kcm.cli import one_line  # loaded already: it called us
+        _say_release_failed(e, state, pool_name, cpu_list, pid)
 
-        os.write(2, f"kcm: error: {one_line(f'{e.message}; {what}')}\n".encode(errors="replace"))
+
+def _say_release_failed(
+    e: KcmError, state: StateDir, pool_name: str, cpu_list: str, pid: int
+) -> None:
+    if state.writes:  # the tasks file was replaced; only making it durable failed
+        what = f"the exited PID {pid} was removed from CPU list {cpu_list} of pool"
+        what += f" {pool_name!r}, but that may not be on disk"
+    else:
+        what = f"CPU list {cpu_list} of pool {pool_name!r} stays booked by the exited"
+        what += f" PID {pid} until kcm reconcile runs"
+    _error(f"{e.message}; {what}")
+
+
+def _error(message: str) -> None:
+    from kcm.cli import one_line  # loaded already: it called us
+
+    os.write(2, f"kcm: error: {one_line(message)}\n".encode(errors="replace"))
+
+
+def finish(
+    conf_dir: str,
+    pool_name: str,
+    booked: Booked,
+    me: procfs.Stat,
+    proc_root: str,
+    backend: cgroups.Backend | None,
+    origin: str | None,
+    command_pgid: int,
+) -> None:
+    """After the command: leave the booking, then release the list or hand it over to what
+    the command left behind. Never raises: the command's status is kcm's in any case."""
+    booking = booked.booking
+    try:
+        if booking is not None:
+            assert backend is not None
+            if origin is not None:
+                backend.leave(origin)
+            if not backend.populated(backend.path(booking)):
+                release(conf_dir, pool_name, booked.cpus, me.pid)
+                _remove_quietly(backend, booking)  # empty for good: nothing is left to fork
+                return
+        elif not command_pgid or not _group_lives(command_pgid):
+            release(conf_dir, pool_name, booked.cpus, me.pid)
+            return
+    except KcmError as e:
+        _error(f"{e.message}; CPU list {booked.cpus} of pool {pool_name!r} stays booked")
+        return
+    _hand_over(conf_dir, pool_name, booked, me, proc_root, backend, command_pgid)
+
+
+def _group_lives(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _hand_over(
+    conf_dir: str,
+    pool_name: str,
+    booked: Booked,
+    me: procfs.Stat,
+    proc_root: str,
+    backend: cgroups.Backend | None,
+    command_pgid: int,
+) -> None:
+    """The command left processes behind: the oldest of them takes the booking over."""
+    from kcm import holders, reclaim
+
+    state = StateDir(conf_dir)
+    try:
+        with state:
+            state.lock(RELEASE_PATIENCE * lock_timeout())
+            cl = state.read_pool(pool_name).cpu_lists.get(booked.cpus)
+            if cl is None or me.pid not in cl.tasks:
+                return  # someone else changed the list meanwhile; reconcile sees to it
+            look = reclaim.Look(proc_root)
+            bookings = [] if booked.booking is None else [booked.booking]
+            seen = reclaim.see(
+                state, look, backend, pool_name, cl, bookings=bookings, tasks=[me.pid]
+            )
+            seen.procs[me.pid] = holders.Proc(me.pid, False, me.start_time)  # kcm is leaving
+            if booked.booking is None:
+                name = holders.booking_name(me.pid, me.start_time)
+                seen.records[me.pid] = holders.Record(me.start_time, name, command_pgid)
+                members = procfs.group_members(proc_root, {command_pgid})[command_pgid]
+                seen.groups[command_pgid] = [stat.pid for stat in members]
+                for stat in members:
+                    seen.procs[stat.pid] = holders.Proc(stat.pid, True, stat.start_time)
+            plan = holders.plan(seen)
+            others = [pid for pid in cl.tasks if pid != me.pid]
+            plan.kept = [pid for pid in others if pid not in {h.pid for h in plan.hand_overs}]
+            names = state.hidden_names(pool_name, cl.cpus)
+            reclaim.write(state, pool_name, cl.cpus, plan, names)
+        if not plan.hand_overs and booked.booking is not None:
+            assert backend is not None
+            _remove_quietly(backend, booked.booking)  # they all exited meanwhile
+    except KcmError as e:
+        _say_release_failed(e, state, pool_name, booked.cpus, me.pid)
 
 
 class _Forwarder:
@@ -102,6 +329,7 @@ class _Forwarder:
 
     def __init__(self) -> None:
         self.child_pgid = 0
+        self.command_pgid = 0  # kept after ``finish``: the group leftovers may live on in
         self.finished = False
         self.pending: list[int] = []
 
@@ -133,6 +361,8 @@ def run(conf_dir: str, pool_name: str, command: str, args: list[str]) -> int:
     root = procfs.proc_root("kcm isolate")
     procfs.require_host_pid_namespace(root)
     me = procfs.self_stat(root)
+    detected = cgroups.detect(conf_dir)
+    backend = detected if isinstance(detected, cgroups.Backend) else None
     argv = shell_argv(command, args)
     forwarder = _Forwarder()
     # A signal ignored at start (nohup) stays ignored, for kcm and, through exec, the command.
@@ -141,8 +371,20 @@ def run(conf_dir: str, pool_name: str, command: str, args: list[str]) -> int:
         for sig in FORWARDED
         if _signal.getsignal(sig) != _signal.SIG_IGN
     }
-    cpus = book(conf_dir, pool_name, me.pid, me.start_time)
+    booked = book(conf_dir, pool_name, me, backend, root)
+    cpus = booked.cpus
+    if booked.exclusive and isinstance(detected, cgroups.Unavailable):
+        os.write(
+            2,
+            f"kcm: warning: no cgroup holds this booking ({detected.reason}): processes that"
+            " leave the command's process group are not held\n".encode(errors="replace"),
+        )
+    origin = None
+    command_pgid = 0
     try:
+        if booked.booking is not None:
+            assert backend is not None
+            origin = backend.enter(booked.booking, root)
         try:
             os.sched_setaffinity(0, cpulist.parse(cpus))
         except OSError as e:
@@ -158,8 +400,9 @@ def run(conf_dir: str, pool_name: str, command: str, args: list[str]) -> int:
         if forwarder.pending:  # asked to stop while booking: the command never starts
             return 128 + forwarder.pending[0]
         status = _spawn_and_wait(argv, env, forwarder, previous)
+        command_pgid = forwarder.command_pgid
     finally:
-        release(conf_dir, pool_name, cpus, me.pid)
+        finish(conf_dir, pool_name, booked, me, root, backend, origin, command_pgid)
     return exit_status(status)
 
 
@@ -178,7 +421,7 @@ def _spawn_and_wait(
             )
         except OSError as e:
             raise EnvironmentProblem(f"cannot run {argv[0]}: {e.strerror}") from None
-    forwarder.child_pgid = pid
+    forwarder.child_pgid = forwarder.command_pgid = pid
     _signal.pthread_sigmask(_signal.SIG_UNBLOCK, FORWARDED)
     try:
         # Wait without reaping: until waitpid below, the exited child holds its PID, so

@@ -23,10 +23,10 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from kcm import __version__, cpulist
-from kcm.describe import read_state, read_tasks
+from kcm.describe import lists_held_by_leftovers, read_state, read_tasks
 from kcm.errors import EnvironmentProblem, KcmError, LockTimeoutError, UsageError
 from kcm.host.procfs import proc_root_or_default
-from kcm.model import FREE, LIST_STATES, Pool, list_state
+from kcm.model import FREE, HELD_BY_LEFTOVERS, LIST_STATES, CpuList, Pool, list_state
 from kcm.state import lock_timeout
 
 try:
@@ -75,13 +75,20 @@ LOCK_WAIT_BUCKETS = (
 
 
 class Snapshot:
-    """What one scrape read: the pools, and the PIDs among their tasks that a process holds."""
+    """What one scrape read: the pools, the PIDs among their tasks that a process holds, and
+    the lists (``pool/cpus``) only leftovers of gone bookings hold."""
 
-    __slots__ = ("live", "pools")
+    __slots__ = ("leftovers", "live", "pools")
 
-    def __init__(self, pools: dict[str, Pool], live: set[int]) -> None:
+    def __init__(
+        self, pools: dict[str, Pool], live: set[int], leftovers: set[str] | None = None
+    ) -> None:
         self.pools = pools
         self.live = live
+        self.leftovers = set() if leftovers is None else leftovers
+
+    def state(self, pool: str, cl: CpuList) -> str:
+        return list_state(cl, f"{pool}/{cl.cpus}" in self.leftovers)
 
 
 def read_snapshot(conf_dir: str, proc_root: str, lock_wait: Histogram) -> Snapshot:
@@ -96,7 +103,8 @@ def read_snapshot(conf_dir: str, proc_root: str, lock_wait: Histogram) -> Snapsh
     pids = [
         pid for pool in read.pools.values() for cl in pool.cpu_lists.values() for pid in cl.tasks
     ]
-    return Snapshot(read.pools, set(read_tasks(proc_root, pids)))
+    live = set(read_tasks(proc_root, pids))
+    return Snapshot(read.pools, live, lists_held_by_leftovers(conf_dir, read.pools, live))
 
 
 # -- the families: pure functions of a snapshot ------------------------------------------------
@@ -116,6 +124,12 @@ def pool_families(snapshot: Snapshot) -> Iterator[Metric]:
         "CPU lists of the pool that are held (kcm_pool_cpu_lists minus the free ones).",
         ["pool"],
     )
+    leftovers = _gauge(
+        "kcm_pool_cpu_lists_held_by_leftovers",
+        "CPU lists of the pool held only by processes that bookings left behind once their kcm"
+        " isolate was gone (counted in kcm_pool_cpu_lists_held too).",
+        ["pool"],
+    )
     tasks = _gauge("kcm_pool_tasks", "Tasks recorded on the pool's CPU lists.", ["pool"])
     exclusive = _gauge(
         "kcm_pool_exclusive",
@@ -125,18 +139,21 @@ def pool_families(snapshot: Snapshot) -> Iterator[Metric]:
     for name in sorted(snapshot.pools):
         pool = snapshot.pools[name]
         all_cpus: set[int] = set()
-        n_free = n_tasks = 0
+        n_free = n_tasks = n_leftovers = 0
         for cl in pool.cpu_lists.values():
             all_cpus |= cpulist.parse(cl.cpus)
-            n_free += list_state(cl) == FREE
+            state = snapshot.state(name, cl)
+            n_free += state == FREE
+            n_leftovers += state == HELD_BY_LEFTOVERS
             n_tasks += len(cl.tasks)
         cpus.add_metric([name], len(all_cpus))
         lists.add_metric([name], len(pool.cpu_lists))
         free.add_metric([name], n_free)
         held.add_metric([name], len(pool.cpu_lists) - n_free)
+        leftovers.add_metric([name], n_leftovers)
         tasks.add_metric([name], n_tasks)
         exclusive.add_metric([name], 1 if pool.exclusive else 0)
-    yield from (cpus, lists, free, held, tasks, exclusive)
+    yield from (cpus, lists, free, held, leftovers, tasks, exclusive)
 
 
 def cpu_list_families(snapshot: Snapshot) -> Iterator[Metric]:
@@ -150,7 +167,7 @@ def cpu_list_families(snapshot: Snapshot) -> Iterator[Metric]:
     )
     state = _gauge(
         "kcm_cpu_list_state",
-        "1 for the CPU list's state (free, held), 0 for the other states.",
+        "1 for the CPU list's state (free, held, held_by_leftovers), 0 for the other states.",
         [*labels, "state"],
     )
     for name in sorted(snapshot.pools):
@@ -158,15 +175,14 @@ def cpu_list_families(snapshot: Snapshot) -> Iterator[Metric]:
             cl = snapshot.pools[name].cpu_lists[key]
             tasks.add_metric([name, cl.cpus], len(cl.tasks))
             stale.add_metric([name, cl.cpus], sum(pid not in snapshot.live for pid in cl.tasks))
-            current = list_state(cl)
+            current = snapshot.state(name, cl)
             for each in LIST_STATES:
                 state.add_metric([name, cl.cpus, each], 1 if each == current else 0)
     yield from (tasks, stale, state)
 
 
 # Each takes a snapshot and yields families. Planned additions, each one function here and the
-# field of Snapshot that feeds it: bookings held by leftovers (the processes of a booking's
-# cgroup whose root task is gone), reconcile passes and PIDs freed (totals the reconcile loop
+# field of Snapshot that feeds it: reconcile passes and PIDs freed (totals the reconcile loop
 # records), and the shield's state and intruders per dataplane CPU (once the fence exists).
 SOURCES: tuple[Callable[[Snapshot], Iterable[Metric]], ...] = (pool_families, cpu_list_families)
 

@@ -46,18 +46,27 @@ class Pool:
 
 
 # What holds a CPU list, as the table's STATE column and the metrics' ``state`` label name it
-# (the table prints ``_`` as a space). The seed knows one holder, the PIDs of the tasks file.
-# A later holder kind is one more name here and one more case in ``list_state``: once bookings
-# are held by cgroups, ``HELD_BY_LEFTOVERS = "held_by_leftovers"`` for a list whose tasks file
-# is empty while processes of its booking's cgroup live on, with the reader passing them in.
+# (the table prints ``_`` as a space): nothing; a booking whose kcm isolate runs (or a task
+# another tool recorded); or only processes that bookings left behind once their kcm isolate
+# was gone (leftovers, named in the tasks file by their heir records, ``kcm.holders``).
 FREE = "free"
 HELD = "held"
-LIST_STATES = (FREE, HELD)
+HELD_BY_LEFTOVERS = "held_by_leftovers"
+LIST_STATES = (FREE, HELD, HELD_BY_LEFTOVERS)
 
 
-def list_state(cpu_list: CpuList) -> str:
-    """Whether a CPU list is free or held, by the only holder the state records yet: its tasks."""
-    return HELD if cpu_list.tasks else FREE
+def list_state(cpu_list: CpuList, by_leftovers: bool = False) -> str:
+    """Whether a CPU list is free, held, or held by leftovers (``by_leftovers``: every live
+    task of it is a heir, as the reader found)."""
+    if not cpu_list.tasks:
+        return FREE
+    return HELD_BY_LEFTOVERS if by_leftovers else HELD
+
+
+def held_by_leftovers(tasks: list[int], live: set[int], heirs: set[int]) -> bool:
+    """Whether the live tasks of a list are all heirs of gone bookings (and there is one)."""
+    alive = [pid for pid in tasks if pid in live]
+    return bool(alive) and all(pid in heirs for pid in alive)
 
 
 def describe(path: str, pools: dict[str, Pool]) -> dict[str, object]:

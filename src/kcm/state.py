@@ -3,8 +3,11 @@
 Layout (the seed's format): ``lock``, ``pools/<pool>/exclusive`` (``0``/``1``) and
 ``pools/<pool>/<cpulist>/tasks`` (comma-separated PIDs). Ours, invisible to the seed's readers:
 ``pools/<pool>/<cpulist>/.owner-<pid>`` holds the start time of a PID that ``kcm isolate``
-recorded, so ``reconcile`` can tell that PID from an unrelated process that reuses it; and
-``.tmp-<pid>-...`` files are writes in flight (or left by a killed writer, removed by reconcile).
+recorded without a booking cgroup (with one, the cgroup's name ``<pid>-<start>`` has it), so
+``reconcile`` can tell that PID from an unrelated process that reuses it;
+``.heir-<pid>`` holds ``<start> <booking>[ <process group>]`` for a process that took a booking
+over from the kcm isolate that made it (``kcm.holders``); and ``.tmp-<pid>-...`` files are
+writes in flight (or left by a killed writer, removed by reconcile).
 
 Everything inside the directory is opened relative to directory descriptors with O_NOFOLLOW:
 a symlink planted in the state is an error, never followed. Everything opened is also fstat'ed
@@ -32,6 +35,7 @@ LOCK = "lock"
 TASKS = "tasks"
 EXCLUSIVE = "exclusive"
 OWNER_PREFIX = ".owner-"
+HEIR_PREFIX = ".heir-"
 TMP_PREFIX = ".tmp-"
 # A tasks file holds PIDs; a few hundred KiB is already thousands of tasks on one list.
 MAX_FILE_SIZE = 1 << 20
@@ -499,24 +503,40 @@ class StateReader:
             os.close(pool_fd)
 
     def hidden_names(self, pool: str, cpu_list: str) -> list[str]:
-        """The names of the list's owner records and temp files, from one listing."""
+        """The names of the list's owner and heir records and temp files, from one listing."""
         fd = self._list_fd(pool, cpu_list)
         try:
-            return [n for n in os.listdir(fd) if n.startswith((OWNER_PREFIX, TMP_PREFIX))]
+            hidden = (OWNER_PREFIX, HEIR_PREFIX, TMP_PREFIX)
+            return [n for n in os.listdir(fd) if n.startswith(hidden)]
         finally:
             os.close(fd)
 
-    def read_owner_records(
-        self, pool: str, cpu_list: str, pids: list[int]
-    ) -> dict[int, int | None]:
-        """The start times the owner records of ``pids`` hold (None: not a start time)."""
+    def read_records(self, pool: str, cpu_list: str, names: list[str]) -> dict[str, str]:
+        """The texts of a list's hidden records ``names`` (``.owner-``/``.heir-``), which must
+        exist."""
         fd = self._list_fd(pool, cpu_list)
         try:
             base = f"{self.path}/{POOLS}/{pool}/{cpu_list}"
-            found: dict[int, int | None] = {}
+            return {name: _read_small(fd, name, f"{base}/{name}", self._trust) for name in names}
+        finally:
+            os.close(fd)
+
+    def heir_texts(self, pool: str, cpu_list: str, pids: list[int]) -> dict[int, str]:
+        """The heir records of those of ``pids`` that have one (PID -> text); for readers,
+        to whom a record that is missing or unreadable is simply not there."""
+        try:
+            fd = self._list_fd(pool, cpu_list)
+        except StateError:
+            return {}
+        try:
+            base = f"{self.path}/{POOLS}/{pool}/{cpu_list}"
+            found: dict[int, str] = {}
             for pid in pids:
-                name = f"{OWNER_PREFIX}{pid}"
-                found[pid] = parse_owner(_read_small(fd, name, f"{base}/{name}", self._trust))
+                name = f"{HEIR_PREFIX}{pid}"
+                try:
+                    found[pid] = _read_small(fd, name, f"{base}/{name}", self._trust)
+                except StateError:
+                    continue
             return found
         finally:
             os.close(fd)
@@ -527,7 +547,7 @@ class StateReader:
         try:
             found: dict[str, str] = {}
             for name in os.listdir(fd):
-                if name.startswith(OWNER_PREFIX):
+                if name.startswith((OWNER_PREFIX, HEIR_PREFIX)):
                     path = f"{self.path}/{POOLS}/{pool}/{cpu_list}/{name}"
                     found[name] = _read_small(fd, name, path, self._trust)
                 elif name.startswith(TMP_PREFIX):
@@ -612,18 +632,39 @@ class StateDir(StateReader):
         self.writes += 1
         cpu_list.tasks.append(pid)
 
-    def set_tasks(self, pool: str, cpu_list: str, tasks: list[int], dropped: list[int]) -> int:
-        """Write ``tasks`` as the list's tasks, then remove the owner records of ``dropped``.
+    def set_tasks(
+        self,
+        pool: str,
+        cpu_list: str,
+        tasks: list[int],
+        dropped: list[str],
+        records: dict[str, str] | None = None,
+    ) -> int:
+        """Write ``tasks`` as the list's tasks, then remove the hidden records ``dropped``
+        (names of ``.owner-``/``.heir-`` records of PIDs no longer on it).
 
-        Returns how many of those records were left because the lock's time ran out after
-        the tasks file was written (reconcile removes them on its next pass).
+        ``records`` (name -> text: ``.owner-<pid>``, ``.heir-<pid>``) are written first, each
+        atomically, so that a PID is never on the list without the record that says who it
+        is; a kill between leaves records of PIDs on no list, which reconcile removes.
+        Returns how many of ``dropped`` were left because the lock's time ran out after the
+        tasks file was written (reconcile removes them on its next pass).
         """
         self.check_lock_held()
         fd = self._list_fd(pool, cpu_list)
+        base = f"{self.path}/{POOLS}/{pool}/{cpu_list}"
         try:
-            return self._write_tasks_at(
-                fd, f"{self.path}/{POOLS}/{pool}/{cpu_list}", tasks, dropped
-            )
+            for name, text in (records or {}).items():
+                if not name.startswith((OWNER_PREFIX, HEIR_PREFIX)):
+                    raise AssertionError(name)
+                self.check_lock_held()
+                try:
+                    atomic_write(fd, name, text, sync_dir=False)
+                except OSError as e:
+                    raise StateError(f"cannot write {base}/{name}: {_why(e)}") from None
+                self.writes += 1
+            if records:
+                self.check_lock_held()
+            return self._write_tasks_at(fd, base, tasks, dropped)
         finally:
             os.close(fd)
 
@@ -636,13 +677,14 @@ class StateDir(StateReader):
             tasks = _read_tasks(fd, TASKS, f"{base}/{TASKS}", self._trust)
             if pid not in tasks:
                 return False
-            self._write_tasks_at(fd, base, [t for t in tasks if t != pid], [pid])
+            rest = [t for t in tasks if t != pid]
+            self._write_tasks_at(fd, base, rest, [f"{OWNER_PREFIX}{pid}"])
             return True
         finally:
             os.close(fd)
 
-    def _write_tasks_at(self, fd: int, base: str, tasks: list[int], dropped: list[int]) -> int:
-        """Replace a list's tasks, then unlink the owner records of ``dropped``; one dir fsync.
+    def _write_tasks_at(self, fd: int, base: str, tasks: list[int], dropped: list[str]) -> int:
+        """Replace a list's tasks, then unlink the records ``dropped``; one dir fsync.
 
         Each unlink is a write, so it waits for ``check_lock_held`` too: past the deadline
         the rest are left, and their number returned.
@@ -653,28 +695,28 @@ class StateDir(StateReader):
             raise StateError(f"cannot write {base}/{TASKS}: {_why(e)}") from None
         self.writes += 1
         left = 0
-        for i, pid in enumerate(dropped):
+        for i, name in enumerate(dropped):
             if time.monotonic() > self._deadline:
                 left = len(dropped) - i
                 break
             try:
-                os.unlink(f"{OWNER_PREFIX}{pid}", dir_fd=fd)
+                os.unlink(name, dir_fd=fd)
             except FileNotFoundError:
                 continue
             except OSError as e:
-                raise StateError(f"cannot remove {base}/{OWNER_PREFIX}{pid}: {_why(e)}") from None
+                raise StateError(f"cannot remove {base}/{name}: {_why(e)}") from None
             self.writes += 1
         _sync(fd, base)
         return left
 
     def remove_hidden(self, pool: str, cpu_list: str, names: list[str]) -> None:
-        """Unlink owner records and temp files of a list, each only before the deadline."""
+        """Unlink records and temp files of a list, each only before the deadline."""
         base = f"{self.path}/{POOLS}/{pool}/{cpu_list}"
         self.check_lock_held()
         fd = self._list_fd(pool, cpu_list)
         try:
             for name in names:
-                if not (name.startswith(OWNER_PREFIX) or name.startswith(TMP_PREFIX)):
+                if not name.startswith((OWNER_PREFIX, HEIR_PREFIX, TMP_PREFIX)):
                     raise AssertionError(name)
                 self.check_lock_held()
                 try:

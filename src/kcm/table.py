@@ -12,7 +12,7 @@ from __future__ import annotations
 from itertools import starmap
 
 from kcm import cpulist
-from kcm.model import FREE, HELD, Pool, list_state
+from kcm.model import FREE, HELD, HELD_BY_LEFTOVERS, Pool, list_state
 
 TYPE_CHECKING = False  # typing costs ms at start-up; mypy treats this name as True
 if TYPE_CHECKING:
@@ -24,7 +24,12 @@ GONE = "?"  # the command and age of a PID that no process holds any more
 UNKNOWN_NUMA = "-"
 
 _BOLD, _DIM, _RESET = "\x1b[1m", "\x1b[2m", "\x1b[0m"
-_STATE_COLOURS = {FREE: "\x1b[32m", HELD: "\x1b[33m"}  # green, yellow; others stay plain
+# Green, yellow, magenta; others stay plain.
+_STATE_COLOURS = {
+    FREE: "\x1b[32m",
+    HELD: "\x1b[33m",
+    HELD_BY_LEFTOVERS.replace("_", " "): "\x1b[35m",
+}
 
 
 class TaskInfo:
@@ -122,12 +127,16 @@ def _first_cpu(name: str) -> int:
 
 
 def rows(
-    pools: dict[str, Pool], numa_of: dict[int, int], tasks: dict[int, TaskInfo]
+    pools: dict[str, Pool],
+    numa_of: dict[int, int],
+    tasks: dict[int, TaskInfo],
+    leftovers: set[str] | frozenset[str] = frozenset(),
 ) -> list[tuple[str, ...]]:
     """The table's cells, header first: pools by name, lists by their lowest CPU.
 
     ``tasks`` holds what procfs said of each live PID of ``shown_pids``; a PID missing from it
-    is gone (its command and age print as ``?``).
+    is gone (its command and age print as ``?``). ``leftovers``: the lists (``pool/cpus``)
+    only processes of gone bookings hold (``held by leftovers``).
     """
     out: list[tuple[str, ...]] = [HEADER]
     for name in sorted(pools):
@@ -135,7 +144,7 @@ def rows(
         exclusive = "yes" if pool.exclusive else "no"
         for key in sorted(pool.cpu_lists, key=_first_cpu):
             cl = pool.cpu_lists[key]
-            state = list_state(cl).replace("_", " ")
+            state = list_state(cl, f"{pool.name}/{cl.cpus}" in leftovers).replace("_", " ")
             head = (pool.name, exclusive, cl.cpus, numa_cell(cl.cpus, numa_of), state)
             shown, more = shown_tasks(cl.tasks)
             if not shown:
@@ -157,9 +166,9 @@ def rows(
 def render(table: Iterable[tuple[str, ...]], *, colour: bool = False) -> str:
     """Cells as aligned columns, two spaces apart, no trailing blanks.
 
-    With ``colour`` the header is bold, the STATE column coloured (free green, held yellow)
-    and a gone task's ``?`` dimmed; the padding is computed on the plain text, so the columns
-    line up either way.
+    With ``colour`` the header is bold, the STATE column coloured (free green, held yellow,
+    held by leftovers magenta) and a gone task's ``?`` dimmed; the padding is computed on the
+    plain text, so the columns line up either way.
     """
     table = list(table)
     if not table:

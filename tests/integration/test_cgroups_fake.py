@@ -35,6 +35,12 @@ from tests.fixtures.cgroups import (
 BOOKING = cgroups.Booking("dataplane", "2", 4242, 777)
 
 
+@pytest.fixture(autouse=True)
+def default_parent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests read detect()'s defaults: not the test run's own parent (conftest)."""
+    monkeypatch.delenv("KCM_CGROUP_PARENT", raising=False)
+
+
 @pytest.fixture
 def conf(tmp_path: Path) -> str:
     path = tmp_path / "etc" / "kcm"
@@ -239,7 +245,7 @@ def test_v1_levels_made_again_set_a_list_level_to_exactly_the_list(
     list_level = backend.list_path(BOOKING.pool, BOOKING.cpu_list)
     write(f"{list_level}/cpuset.cpus", "3")
     write(f"{list_level}/cpuset.mems", "0")
-    assert backend._make_levels(BOOKING)
+    assert backend._make_levels(BOOKING, BOOKING.cpu_list)
     assert read(f"{list_level}/cpuset.cpus") == "2"
     assert read(f"{list_level}/cpuset.mems") == "0"  # nodes it has are kept
 
@@ -256,7 +262,16 @@ def test_create_refuses_a_pool_that_is_no_name(tmp_path: Path, conf: str, pool: 
         backend.create(cgroups.Booking(pool, "2", 1, 1))
 
 
-@pytest.mark.parametrize("cpu_list", ["", "../x", "2,1", "1-1"])
+def test_a_list_named_in_cmks_order_is_a_list_level_of_its_own(tmp_path: Path, conf: str) -> None:
+    # CMK wrote "2,1": the state keeps that name, and so does the list's level.
+    backend = v1(tmp_path, conf)
+    booking = cgroups.Booking("dataplane", "2,1", 1, 1)
+    path = backend.create(booking)
+    assert path == f"{backend.subtree}/dataplane/2,1/1-1"
+    assert backend.scan().bookings == [booking]
+
+
+@pytest.mark.parametrize("cpu_list", ["", "../x", "2,2", "1-1", "01"])
 def test_create_refuses_a_list_that_is_no_list_name(
     tmp_path: Path, conf: str, cpu_list: str
 ) -> None:
@@ -391,7 +406,7 @@ def test_scan_lists_bookings_and_the_strays(tmp_path: Path, conf: str) -> None:
         backend.create(booking)
     sub = backend.subtree
     os.makedirs(f"{sub}/dataplane/2/not-a-booking")
-    os.makedirs(f"{sub}/dataplane/3,2/1-1")  # no list kcm names that way
+    os.makedirs(f"{sub}/dataplane/3,3/1-1")  # no list the state can have (CPU 3 twice)
     os.makedirs(f"{sub}/.hidden/2/1-1")
     write(f"{sub}/infra/0-1/cgroup.procs", "999\n")  # a process on an intermediate level
     write(f"{sub}/dataplane/2/10-1/inner/cgroup.procs", "5\n")  # the workload's own: fine
@@ -400,7 +415,7 @@ def test_scan_lists_bookings_and_the_strays(tmp_path: Path, conf: str) -> None:
     assert sorted(found.strays) == [
         ".hidden",
         "dataplane/2/not-a-booking",
-        "dataplane/3,2",
+        "dataplane/3,3",
         "infra/0-1",
     ]
 
@@ -454,4 +469,8 @@ def test_the_backends_add_no_module_to_isolates_imports() -> None:
     after = top_level_imports(
         "import kcm.isolate; import kcm.host.cgroups.v1; import kcm.host.cgroups.v2"
     )
-    assert after - before == {"kcm.host.cgroups", "kcm.host.cgroups.v1", "kcm.host.cgroups.v2"}
+    # isolate imports the package (detect); a backend module is imported once detected.
+    assert "kcm.host.cgroups" in before
+    assert after - before == {"kcm.host.cgroups.v1", "kcm.host.cgroups.v2"}
+    # What only a full pool or a command's leftovers need stays off the start-up path.
+    assert not before & {"kcm.reclaim", "kcm.holders", "dataclasses", "typing"}

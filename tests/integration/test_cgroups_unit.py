@@ -24,6 +24,12 @@ UNIT = ROOT / "contrib/systemd/kcm-bookings.service"
 SYSTEM_UNITS = ("/usr/lib/systemd/system", "/lib/systemd/system")
 
 
+@pytest.fixture(autouse=True)
+def default_parent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests read detect()'s defaults: not the test run's own parent (conftest)."""
+    monkeypatch.delenv("KCM_CGROUP_PARENT", raising=False)
+
+
 def settings(text: str) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for line in text.splitlines():

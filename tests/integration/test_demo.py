@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import CGROUP_PARENT
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -50,6 +52,7 @@ def demo() -> Iterator[DemoRun]:
     name = "KCM_DEMO_TEST_MARK"
     value = uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KCM_", "CMK_"))}
+    env["KCM_CGROUP_PARENT"] = CGROUP_PARENT  # the demo's bookings: the test run's own
     env[name] = value
     bystander = subprocess.Popen(["sleep", "30"])
     try:

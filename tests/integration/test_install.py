@@ -15,7 +15,7 @@ import pytest
 
 import kcm
 from kcm.cli import HELP
-from tests.conftest import KCM, Result, assert_one_error_line, kcm_env, run_kcm
+from tests.conftest import CGROUP_PARENT, KCM, Result, assert_one_error_line, kcm_env, run_kcm
 from tests.fixtures.state import SEED_STATE, build_state
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
@@ -256,6 +256,7 @@ def test_kcm_and_cmk_are_one_standalone_program(tmp_path: Path, name: str) -> No
         [
             *bare,
             "KCM_PROC_FS=/proc",
+            f"KCM_CGROUP_PARENT={CGROUP_PARENT}",
             program,
             "isolate",
             f"--conf-dir={here}",

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import KCM, assert_one_error_line, kcm_env, run_kcm
+from kcm.host import cgroups
+from tests.conftest import CGROUP_PARENT, KCM, assert_one_error_line, kcm_env, run_kcm
 from tests.fixtures.state import snapshot, tree
 
 PY = sys.executable
@@ -36,6 +37,15 @@ def start(conf: str, pool: str, command: str) -> subprocess.Popen[str]:
         text=True,
         stdin=subprocess.DEVNULL,
     )
+
+
+def booking_cgroup(conf: str, pool: str, cpu_list: str, pid: int) -> Path | None:
+    """The booking cgroup kcm isolate ``pid`` made for ``pool``/``cpu_list``, if any."""
+    backend = cgroups.detect(conf, parent=CGROUP_PARENT)
+    if not isinstance(backend, cgroups.Backend):
+        return None
+    found = [b for b in backend.bookings(pool, cpu_list) if b.pid == pid]
+    return Path(backend.path(found[0])) if found else None
 
 
 def wait_for(predicate, timeout: float = 10.0) -> None:
@@ -116,8 +126,16 @@ def test_pid_is_booked_while_running_and_exclusive_pool_refuses(
     holder = start(state2, "dataplane", "sleep 30")
     try:
         wait_for(lambda: tree(state2)["dataplane/1"] == [holder.pid])
-        owner = Path(state2, f"pools/dataplane/1/.owner-{holder.pid}")
-        assert owner.read_text().strip().isdigit()
+        # Its start time is on record, so a reused PID can be told from it: in the name of
+        # its booking's cgroup where there is one, else in an owner record.
+        began = Path(f"/proc/{holder.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        booking = booking_cgroup(state2, "dataplane", "1", holder.pid)
+        if booking is not None:
+            assert booking.name == f"{holder.pid}-{began}"
+            assert not Path(state2, f"pools/dataplane/1/.owner-{holder.pid}").exists()
+        else:
+            owner = Path(state2, f"pools/dataplane/1/.owner-{holder.pid}")
+            assert owner.read_text().strip() == began
         marker = tmp_path / "ran"
         before = snapshot(state2)
         refused = isolate(state2, "dataplane", f"touch {marker}")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import CGROUP_PARENT
 from tests.k8s.fake_apiserver import TOKEN, FakeApiServer, make_node
 
 BIN = Path(sys.executable).parent
@@ -33,6 +34,7 @@ def clean_env(home: Path, **extra: str) -> dict[str, str]:
     drop = ("KCM_", "CMK_", "KUBERNETES_", "KUBECONFIG", "NODE_NAME")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env["HOME"] = str(home)
+    env["KCM_CGROUP_PARENT"] = CGROUP_PARENT  # isolate's bookings: the test run's own
     env.update(extra)
     return env
 

@@ -211,3 +211,34 @@ def read_cpus_allowed_list(root: str, pid: int) -> str | None:
             return parse_cpus_allowed_list(f.read())
     except OSError:
         return None  # gone, or unreadable: nothing to compare
+
+
+def group_members(root: str, pgids: set[int]) -> dict[int, list[Stat]]:
+    """The live processes of each process group of ``pgids``, from one walk over ``root``.
+
+    Linear in the processes of the host: only for leftovers of a booking without a cgroup,
+    whose group is all kcm knows of them.
+    """
+    found: dict[int, list[Stat]] = {pgid: [] for pgid in pgids}
+    if not pgids:
+        return found
+    try:
+        names = [name for name in os.listdir(root) if name.isdigit()]
+    except OSError:
+        return found
+    for name in names:
+        try:
+            with open(f"{root}/{name}/stat", "rb") as f:
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        fields = text.rpartition(")")[2].split()
+        if len(fields) < 3 or not fields[2].isdigit() or int(fields[2]) not in found:
+            continue
+        try:
+            stat = parse_stat(text)
+        except ParseError:
+            continue
+        if stat.alive:
+            found[int(fields[2])].append(stat)
+    return found

@@ -253,12 +253,21 @@ def booking_at(cgroup_path: str, parent: str, state: str) -> Booking | None:
     if not cgroup_path.startswith(prefix):
         return None
     parts = cgroup_path[len(prefix) :].split("/")
-    if len(parts) < 3 or not _is_pool_name(parts[0]) or not cpulist.is_canonical(parts[1]):
+    if len(parts) < 3 or not _is_pool_name(parts[0]) or not is_list_name(parts[1]):
         return None
     ids = parse_booking_name(parts[2])
     if ids is None:
         return None
     return Booking(parts[0], parts[1], ids[0], ids[1])
+
+
+def is_list_name(name: str) -> bool:
+    """A CPU list's name as the state holds it (``cpulist.parse_name``: strict, any order, as
+    CMK wrote ``1,0``): the list level is named exactly as the list's directory."""
+    try:
+        return bool(cpulist.parse_name(name))
+    except ParseError:
+        return False
 
 
 def _is_pool_name(name: str) -> bool:
@@ -334,13 +343,15 @@ class Backend:
     # v2 into cgroup.procs (the whole process; v2 has no per-thread move between domains).
     MOVE_FILE = ""
 
-    __slots__ = ("hierarchy", "parent", "state_id", "subtree")
+    __slots__ = ("hierarchy", "parent", "state_id", "subtree", "unwritable")
 
     def __init__(self, hierarchy: str, parent: str, state: str) -> None:
         self.hierarchy = hierarchy
         self.parent = parent
         self.state_id = state
         self.subtree = f"{hierarchy}/{parent}/{state}"
+        # Why kcm may only read this hierarchy (``detect(..., read_only=True)``), or None.
+        self.unwritable: str | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.subtree!r})"
@@ -356,23 +367,26 @@ class Backend:
 
     # -- the lifecycle
 
-    def create(self, booking: Booking) -> str:
+    def create(self, booking: Booking, cpus: str | None = None) -> str:
         """Make the booking's cgroup (and any missing level above it); its path.
 
-        ``cpuset.cpus`` is the list, ``cpuset.mems`` all memory nodes. Safe against any number
-        of concurrent creators of the same levels; creating an existing booking is a no-op.
+        ``cpuset.cpus`` is ``cpus`` (default: the list; isolate passes ``usable_cpus``, the
+        list's CPUs the hierarchy has), ``cpuset.mems`` all memory nodes. Safe against any
+        number of concurrent creators of the same levels; creating an existing booking is a
+        no-op.
         """
         if not _is_pool_name(booking.pool) or "/" in booking.pool:
             raise ValueError(f"not a pool name: {booking.pool!r}")
-        if not cpulist.is_canonical(booking.cpu_list):
-            raise ValueError(f"not a canonical CPU list: {booking.cpu_list!r}")
+        if not is_list_name(booking.cpu_list):
+            raise ValueError(f"not a CPU list name: {booking.cpu_list!r}")
+        cpus = booking.cpu_list if cpus is None else cpus
         path = self.path(booking)
         list_path = self.list_path(booking.pool, booking.cpu_list)
-        if self._make_booking(path, list_path, booking.cpu_list, strict=False):
+        if self._make_booking(path, list_path, cpus, strict=False):
             return path
         for _ in range(CREATE_ATTEMPTS):
-            if self._make_levels(booking) and self._make_booking(
-                path, list_path, booking.cpu_list, strict=True
+            if self._make_levels(booking, cpus) and self._make_booking(
+                path, list_path, cpus, strict=True
             ):
                 return path
         raise CgroupError(
@@ -384,9 +398,30 @@ class Backend:
         """Make the booking level; False if a level above is missing or not ready."""
         raise NotImplementedError
 
-    def _make_levels(self, booking: Booking) -> bool:
-        """Make and initialise every level down to the list's; False if one vanished."""
+    def _make_levels(self, booking: Booking, cpus: str) -> bool:
+        """Make and initialise every level down to the list's (whose CPUs are ``cpus``);
+        False if one vanished."""
         raise NotImplementedError
+
+    # The hierarchy's own CPUs: what every level below it is bounded by.
+    ROOT_CPUS = ""
+
+    def usable_cpus(self, cpu_list: str) -> str:
+        """The CPUs of ``cpu_list`` that the hierarchy has, in cpu-list form ("" if none).
+
+        A list may name CPUs the machine lacks or has taken offline: ``sched_setaffinity``
+        ignores those, but a cpuset refuses them (ERANGE, EINVAL), so a booking gets the rest.
+        """
+        try:
+            have = cpulist.parse(read_file(f"{self.hierarchy}/{self.ROOT_CPUS}").strip() or "")
+        except OSError as e:
+            raise CgroupError(f"cannot read {self.hierarchy}/{self.ROOT_CPUS}: {why(e)}") from None
+        except ParseError:
+            have = frozenset()
+        wanted = cpulist.parse(cpu_list)
+        if wanted <= have:
+            return cpu_list
+        return cpulist.format(wanted & have) if wanted & have else ""
 
     def enter(self, booking: Booking, proc_root: str) -> str:
         """Move the calling process (v1: thread; kcm isolate has one) into the booking.
@@ -444,6 +479,21 @@ class Backend:
         process is never removed: the kernel refuses (EBUSY) and the answer is False.
         """
         return self._remove_tree(self.path(booking))
+
+    def bookings(self, pool: str, cpu_list: str) -> list[Booking]:
+        """The well-named booking cgroups under a list's level (one listing), by name."""
+        found = []
+        try:
+            entries = sorted(_child_dirs(self.list_path(pool, cpu_list)), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as e:
+            raise CgroupError(f"cannot read {self.list_path(pool, cpu_list)}: {why(e)}") from None
+        for entry in entries:
+            ids = parse_booking_name(entry.name)
+            if ids is not None:
+                found.append(Booking(pool, cpu_list, ids[0], ids[1]))
+        return found
 
     def reclaim(self, pool: str, cpu_list: str) -> bool:
         """Remove every empty booking cgroup of a list; whether none is left (the list is
@@ -514,7 +564,7 @@ class Backend:
                 continue
             for cl in self._levels(pool.path, strays, pool_rel):
                 cl_rel = f"{pool_rel}/{cl.name}"
-                if not cpulist.is_canonical(cl.name):
+                if not is_list_name(cl.name):
                     strays.append(cl_rel)
                     continue
                 for entry in self._levels(cl.path, strays, cl_rel):
@@ -648,12 +698,18 @@ def _unwritable(hierarchy: str, parent: str) -> str | None:
 
 
 def detect(
-    conf_dir: str, *, root: str | None = None, parent: str | None = None
+    conf_dir: str,
+    *,
+    root: str | None = None,
+    parent: str | None = None,
+    read_only: bool = False,
 ) -> Backend | Unavailable:
     """The backend for the state at ``conf_dir``, or Unavailable with the reason.
 
     ``root`` defaults to ``$KCM_CGROUP_FS`` (``/sys/fs/cgroup``), ``parent`` to
     ``$KCM_CGROUP_PARENT`` (``kcm``). A bad ``$KCM_CGROUP_PARENT`` is a UsageError.
+    ``read_only``: a hierarchy kcm may not write is still returned, with the reason in its
+    ``unwritable`` (reconcile must see the bookings even where it cannot remove them).
     """
     root = cgroup_root() if root is None else root.rstrip("/") or "/"
     parent = cgroup_parent() if parent is None else parse_parent(parent)
@@ -665,13 +721,17 @@ def detect(
         )
     kind, hierarchy = found
     problem = _unwritable(hierarchy, parent)
-    if problem is not None:
+    if problem is not None and not read_only:
         return Unavailable(problem)
     state = state_id(os.path.realpath(conf_dir))
+    backend: Backend
     if kind == "v1":
         from kcm.host.cgroups.v1 import CpusetV1
 
-        return CpusetV1(hierarchy, parent, state)
-    from kcm.host.cgroups.v2 import Unified
+        backend = CpusetV1(hierarchy, parent, state)
+    else:
+        from kcm.host.cgroups.v2 import Unified
 
-    return Unified(hierarchy, parent, state)
+        backend = Unified(hierarchy, parent, state)
+    backend.unwritable = problem
+    return backend

@@ -39,6 +39,7 @@ class CpusetV1(Backend):
 
     kind = "v1"
     MOVE_FILE = "tasks"  # "0" moves the calling thread without the ~10 ms RCU wait of procs
+    ROOT_CPUS = CPUS  # the top cpuset's: the online CPUs
     __slots__ = ()
 
     def _make_booking(self, path: str, list_path: str, cpus: str, *, strict: bool) -> bool:
@@ -69,7 +70,7 @@ class CpusetV1(Backend):
                 raise CgroupError(_write_failure(path, name, value, e)) from None
         return True
 
-    def _make_levels(self, booking: Booking) -> bool:
+    def _make_levels(self, booking: Booking, list_cpus: str) -> bool:
         names = [*self.parent.split("/"), self.state_id, booking.pool, booking.cpu_list]
         above = self.hierarchy
         try:
@@ -87,7 +88,7 @@ class CpusetV1(Backend):
                 return False  # ``above`` was just removed: start again from the top
             except OSError as e:
                 raise CgroupError(f"cannot create {level}: {why(e)}") from None
-            want_cpus = booking.cpu_list if depth == len(names) - 1 else None
+            want_cpus = list_cpus if depth == len(names) - 1 else None
             level_values = _initialise(level, cpus, mems, want_cpus)
             if level_values is None:
                 return False

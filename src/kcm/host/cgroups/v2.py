@@ -32,6 +32,7 @@ class Unified(Backend):
     kind = "v2"
     # cgroup.threads can't move a thread between domain cgroups: the whole process moves.
     MOVE_FILE = "cgroup.procs"
+    ROOT_CPUS = "cpuset.cpus.effective"
     __slots__ = ()
 
     def _make_booking(self, path: str, list_path: str, cpus: str, *, strict: bool) -> bool:
@@ -59,7 +60,7 @@ class Unified(Backend):
                 raise CgroupError(f"cannot set {path}/{name} to {value}: {why(e)}") from None
         return True
 
-    def _make_levels(self, booking: Booking) -> bool:
+    def _make_levels(self, booking: Booking, list_cpus: str) -> bool:
         names = [*self.parent.split("/"), self.state_id, booking.pool, booking.cpu_list]
         level = self.hierarchy
         for name in names:

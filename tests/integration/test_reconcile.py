@@ -20,7 +20,6 @@ from tests.fixtures.procfs import build_procfs, stat_line
 from tests.fixtures.state import build_state, snapshot, tree
 from tests.integration.test_isolate import wait_for
 
-
 # The keys kcm's report adds beside CMK's two, when there is nothing to say about cgroups.
 NO_CGROUP_FINDINGS = {
     "handedOverCpuLists": [],

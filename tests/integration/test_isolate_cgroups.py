@@ -75,7 +75,7 @@ class Host:
             )
 
     def start(self, pool: str, command: str) -> subprocess.Popen[str]:
-        """Start kcm isolate; its output goes to ``<conf>.<pid>.out`` (see ``output``)."""
+        """Start kcm isolate; its output goes to a file beside the state (see ``output``)."""
         with tempfile.NamedTemporaryFile("w", prefix=f"{self.conf}.", delete=False) as out:
             proc = subprocess.Popen(
                 [KCM, "isolate", f"--conf-dir={self.conf}", f"--pool={pool}", command],

@@ -273,3 +273,106 @@ def remove_cgroup_parent() -> None:
             os.rmdir(dirpath)
         except OSError:
             pass
+
+
+# -- the invariant of issue 10, checked on the live system -----------------------------------
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A live process of a booking of the run's state: where the kernel says it is."""
+
+    pid: int
+    pool: str
+    cpu_list: str
+    booking: str
+    allowed: frozenset[int]
+
+
+def _status_cpus(text: str) -> frozenset[int] | None:
+    from kcm import cpulist
+
+    for line in text.splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            return cpulist.parse(line.partition(":")[2].strip())
+    return None
+
+
+def placed(conf_dir: str) -> list[Placed]:
+    """Every live process in a booking cgroup of ``conf_dir``'s state, from one walk over
+    ``/proc/*/cgroup`` and ``/proc/*/status`` (the kernel's own word, not kcm's)."""
+    from kcm.host import cgroups
+
+    found = cgroups.find_hierarchy(cgroups.DEFAULT_CGROUP_FS)
+    if found is None:
+        return []
+    kind = found[0]
+    state = cgroups.state_id(os.path.realpath(conf_dir))
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            where = cgroups.parse_proc_cgroup(_read(f"/proc/{name}/cgroup"), kind)
+            booking = None if where is None else cgroups.booking_at(where, CGROUP_PARENT, state)
+            if booking is None:
+                continue
+            status = _read(f"/proc/{name}/status")
+        except OSError:
+            continue
+        if "\nState:\tZ" in status:
+            continue
+        allowed = _status_cpus(status)
+        if allowed is not None:
+            pool, cpu_list = booking.pool, booking.cpu_list
+            out.append(Placed(int(name), pool, cpu_list, booking.name, allowed))
+    return out
+
+
+def shared_cpus(found: list[Placed], exclusive_pools: set[str]) -> list[str]:
+    """Each CPU that processes of two bookings of exclusive pools may run on at once."""
+    by_cpu: dict[int, set[str]] = {}
+    for p in found:
+        if p.pool in exclusive_pools:
+            for cpu in p.allowed:
+                by_cpu.setdefault(cpu, set()).add(f"{p.pool}/{p.cpu_list}/{p.booking}")
+    return [
+        f"CPU {cpu} runs processes of {len(b)} bookings: {sorted(b)}"
+        for cpu, b in sorted(by_cpu.items())
+        if len(b) > 1
+    ]
+
+
+def marked(variable: str, value: str) -> list[int]:
+    """Live processes whose environment holds ``variable=value`` (what a run started)."""
+    needle = f"{variable}={value}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            status = _read(f"/proc/{name}/status")
+        except OSError:
+            continue
+        if needle in env and "\nState:\tZ" not in status:
+            found.append(int(name))
+    return found
+
+
+def booking_cgroups(conf_dir: str) -> list[str]:
+    """The booking cgroups of the state under the run's parent (``pool/list/booking``)."""
+    top = cgroup_top()
+    if top is None:
+        return []
+    from kcm.host import cgroups
+
+    subtree = f"{top}/{cgroups.state_id(os.path.realpath(conf_dir))}"
+    out = []
+    for dirpath, dirs, _files in os.walk(subtree):
+        rel = os.path.relpath(dirpath, subtree)
+        if rel.count("/") == 2:
+            out.append(rel)
+            dirs[:] = []
+    return sorted(out)

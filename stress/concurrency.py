@@ -1,8 +1,12 @@
 """Many ``kcm isolate`` at once over exclusive and shared pools: no list is ever held twice.
 
 Every command records its pool, list, affinity and the wall-clock interval it ran in; the
-intervals of one exclusive list must never overlap. Meanwhile a sampler reads every file of the
-state without the lock and parses it, and checks that no exclusive list ever names two PIDs.
+intervals of one exclusive list must never overlap. A share of the commands leave a process
+behind (``sleep &`` or ``setsid sleep &``), which keeps its list booked after the command
+exits. Meanwhile a sampler reads every file of the state without the lock and parses it,
+checks that no exclusive list ever names two PIDs, and reads every process's cgroup and
+``Cpus_allowed_list`` from /proc: no CPU of an exclusive list may run processes of two
+bookings at once.
 
     .venv/bin/python -m stress.concurrency --isolates 1000
 """
@@ -24,18 +28,26 @@ from stress import common
 from stress.common import (
     KCM,
     Report,
+    booking_cgroups,
     exclusive_lists,
     kcm_env,
     make_state,
     pinned_part,
+    placed,
     scan,
+    shared_cpus,
     spread_lists,
     stderr_problem,
 )
 from stress.common import run as run_cmd
 
 RECORDER = r"""#!/bin/bash
-# $1: records directory, $2: seconds to hold the list. Forks only for sleep.
+# $1: records directory, $2: seconds to hold the list, $3: what to leave behind when it exits
+# (none, bg: a background sleep, setsid: a sleep in a session of its own). Forks only for sleep.
+case $3 in
+    bg) sleep "$2" </dev/null >/dev/null 2>&1 & ;;
+    setsid) setsid sleep "$2" </dev/null >/dev/null 2>&1 & ;;
+esac
 t0=$EPOCHREALTIME
 aff=
 while read -r key value; do
@@ -47,6 +59,7 @@ printf '%s %s %s %s %s\n' "$KCM_POOL" "$KCM_CPUS_ASSIGNED" "$aff" "$t0" "$t1" > 
 """
 
 EXCLUSIVE_POOL = "dataplane"
+LEFTOVERS = ("bg", "setsid")
 SHARED_POOL = "infra"
 REFUSED = "kcm: error: no free CPU list in exclusive pool"
 LOCK_TIMEOUT = "kcm: error: could not lock"
@@ -100,6 +113,8 @@ class Sampler(threading.Thread):
         self.report = report
         self.stop = threading.Event()
         self.samples = 0
+        self.process_scans = 0
+        self.booked_processes_seen = 0
         self.describes = 0
         self.describe_lock_timeouts = 0
         self.files_read = 0
@@ -115,6 +130,12 @@ class Sampler(threading.Thread):
             for key, pids in found.tasks.items():
                 if key.startswith(EXCLUSIVE_POOL + "/") and len(pids) > 1:
                     self.report.fail(f"sample {self.samples}: exclusive {key} lists {pids}")
+            processes = placed(self.conf_dir)
+            self.process_scans += 1
+            self.booked_processes_seen += len(processes)
+            for overlap in shared_cpus(processes, {EXCLUSIVE_POOL}):
+                self.report.count("exclusive_cpus_shared")
+                self.report.fail(f"process scan {self.process_scans}: {overlap}")
             if time.monotonic() >= next_describe:
                 described = run_cmd([KCM, "describe", f"--conf-dir={self.conf_dir}"], kcm_env())
                 self.describes += 1
@@ -136,6 +157,7 @@ def stress(
     exclusive_share: float,
     time_limit: float,
     seed: int,
+    leftover_share: float = 0.3,
 ) -> Report:
     report = Report(
         "concurrency",
@@ -163,6 +185,9 @@ def stress(
     pools = [
         EXCLUSIVE_POOL if rng.random() < exclusive_share else SHARED_POOL for _ in range(isolates)
     ]
+    leaves = [rng.choice(LEFTOVERS) if rng.random() < leftover_share else "none" for _ in pools]
+    report["left_processes_behind"] = sum(leave != "none" for leave in leaves)
+    report.count("exclusive_cpus_shared", 0)
     env = kcm_env(KCM_PROC_FS="/proc")
     sampler = Sampler(conf, report)
     sampler.start()
@@ -181,6 +206,7 @@ def stress(
                         "--",
                         records_dir,
                         str(hold),
+                        leaves[i],
                     ],
                     env=env,
                     stdin=subprocess.DEVNULL,
@@ -215,8 +241,14 @@ def stress(
                 report.fail(f"isolate {i} (exit 5): {problem}")
         else:
             report.fail(f"isolate {i} on {pool} exited {code}: {err.strip()[:300]!r}")
+    # The last leftovers outlive their commands by up to ``hold``: then one reconcile frees
+    # the lists their heirs held (the next isolate would, but none comes).
+    time.sleep(hold + 0.5)
     sampler.stop.set()
     sampler.join()
+    settled = run_cmd([KCM, "reconcile", f"--conf-dir={conf}"], env)
+    if settled.returncode != 0:
+        report.fail(f"reconcile at the end exited {settled.returncode}: {settled.stderr[:300]!r}")
     records = read_records(records_dir)
     for key, value in counts.items():
         report[key] = value
@@ -238,6 +270,8 @@ def stress(
     for d in doubles:
         report.fail(d)
     report["samples"] = sampler.samples
+    report["process_scans"] = sampler.process_scans
+    report["booked_processes_seen"] = sampler.booked_processes_seen
     report["files_parsed_in_samples"] = sampler.files_read
     report["describes_under_load"] = sampler.describes
     report["describe_lock_timeouts"] = sampler.describe_lock_timeouts
@@ -251,6 +285,10 @@ def stress(
         report.fail(f"tasks left at the end: {left}")
     if final.hidden:
         report.fail(f"hidden files left at the end: {final.hidden[:5]}")
+    left_cgroups = booking_cgroups(conf)
+    report["booking_cgroups_left"] = len(left_cgroups)
+    if left_cgroups:
+        report.fail(f"booking cgroups left at the end: {left_cgroups[:5]}")
     return report
 
 
@@ -262,13 +300,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shared-lists", type=int, default=8)
     p.add_argument("--hold", type=float, default=0.3, help="seconds each command runs")
     p.add_argument("--exclusive-share", type=float, default=0.6)
+    p.add_argument(
+        "--leftover-share", type=float, default=0.3, help="commands that leave a process behind"
+    )
     p.add_argument("--time-limit", type=float, default=600)
     p.add_argument("--seed", type=int, default=20261123)
 
     def run(a: argparse.Namespace, workdir: str) -> Report:
         return stress(
             workdir, a.isolates, a.exclusive_lists, a.shared_lists, a.hold,
-            a.exclusive_share, a.time_limit, a.seed,
+            a.exclusive_share, a.time_limit, a.seed, a.leftover_share,
         )  # fmt: skip
 
     return common.main(p, argv, "concurrency", run)

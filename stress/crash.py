@@ -1,9 +1,13 @@
 """``kill -9`` of ``isolate``, ``reconcile`` and ``init`` at random instants, trial after trial.
 
 After every trial: every file of the state parses; the long-lived tasks are all still listed;
-after one ``kcm reconcile`` each list holds exactly its live tasks (no dead PID, no stray
-temp or owner file). A killed ``init`` leaves a complete state or none, and the next ``init``
-succeeds where it was killed.
+every live process a killed isolate's command left is in a booking cgroup of the state, and no
+CPU of an exclusive list runs processes of two bookings (every process's cgroup and
+``Cpus_allowed_list``, read from /proc); after those processes end and one ``kcm reconcile``,
+each list holds exactly its live tasks (no dead PID, no stray temp or owner file) and the only
+booking cgroups left are the live tasks' own. A killed ``init`` leaves a complete state or none,
+and the next ``init`` succeeds where it was killed. The isolates' commands leave processes
+behind (``sleep &``, ``setsid sleep &``) or outlive a killed kcm (``exec sleep``).
 
     .venv/bin/python -m stress.crash --trials 1000
 """
@@ -21,7 +25,17 @@ import sys
 import time
 
 from stress import common
-from stress.common import KCM, Report, kcm_env, make_state, scan
+from stress.common import (
+    KCM,
+    Report,
+    booking_cgroups,
+    kcm_env,
+    make_state,
+    marked,
+    placed,
+    scan,
+    shared_cpus,
+)
 from stress.common import run as run_cmd
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,6 +44,10 @@ KINDS = ("isolate", "reconcile", "init")
 # Lists over this machine's CPUs 0 and 1, so reconcile's affinity check holds for live tasks.
 POOLS = {"dataplane": (True, ["0", "1"]), "controlplane": (False, ["0"]), "infra": (False, ["0-1"])}
 LIVE = ("dataplane", "controlplane", "infra", "infra")  # long-lived tasks; dataplane/1 stays free
+EXCLUSIVE = {name for name, (exclusive, _) in POOLS.items() if exclusive}
+# What a killed isolate runs: nothing left behind, a background job, a daemon, a long command.
+COMMANDS = ("true", "sleep 0.2 &", "setsid sleep 0.2 &", "exec sleep 0.3")
+MARK = "KCM_STRESS_MARK"  # in the environment of every process one trial starts
 
 
 class Crasher:
@@ -48,10 +66,10 @@ class Crasher:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def isolate(self, pool: str, command: str) -> subprocess.Popen[bytes]:
+    def isolate(self, pool: str, command: str, mark: str = "") -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [KCM, "isolate", f"--conf-dir={self.conf}", f"--pool={pool}", command],
-            env=self.env,
+            env={**self.env, MARK: mark} if mark else self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -73,11 +91,11 @@ class Crasher:
             times.append(time.monotonic() - start)
         return statistics.median(times)
 
-    def kill_at_random(self, argv: list[str], kind: str) -> bool:
+    def kill_at_random(self, argv: list[str], kind: str, mark: str = "") -> bool:
         """Start ``argv`` and SIGKILL it at a random instant; whether it was still running."""
         proc = subprocess.Popen(
-            argv, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            argv, env={**self.env, MARK: mark} if mark else self.env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         # Half the instants anywhere in the run, half past the interpreter's start-up, where
         # the writes are: both random, the second kind lands in the windows that matter more.
@@ -98,6 +116,10 @@ class Crasher:
                 raise SystemExit(f"stress: a long-lived isolate on {pool} was never listed")
             self.live[proc.pid] = proc
         self.expected = scan(self.conf).tasks
+        # With a cgroup hierarchy (root), each live task holds a booking cgroup of its own.
+        self.live_bookings = booking_cgroups(self.conf)
+        self.cgroups = bool(self.live_bookings)
+        self.report["booking_cgroups"] = "yes" if self.cgroups else "no (no writable cpuset)"
         self.durations["isolate"] = self.timed(
             [KCM, "isolate", f"--conf-dir={self.conf}", "--pool=dataplane", "true"]
         )
@@ -124,6 +146,8 @@ class Crasher:
         final = scan(self.conf)
         if any(final.tasks.values()) or final.hidden:
             self.report.fail(f"after stopping the live tasks: {final.tasks} {final.hidden}")
+        if booking_cgroups(self.conf):
+            self.report.fail(f"booking cgroups left at the end: {booking_cgroups(self.conf)}")
 
     def describe(self, conf_dir: str) -> str:
         result = run_cmd([KCM, "describe", f"--conf-dir={conf_dir}"], self.env)
@@ -135,23 +159,40 @@ class Crasher:
 
     # -- trials -------------------------------------------------------------------------
 
-    def trial_isolate(self) -> bool:
+    def trial_isolate(self, trial: int) -> bool:
         pool = self.rng.choice(list(POOLS))
-        argv = [KCM, "isolate", f"--conf-dir={self.conf}", f"--pool={pool}", "true"]
-        return self.kill_at_random(argv, "isolate")
+        command = COMMANDS[trial // len(KINDS) % len(COMMANDS)]
+        self.report.count(f"isolate_command_{command.split()[0]}")
+        argv = [KCM, "isolate", f"--conf-dir={self.conf}", f"--pool={pool}", command]
+        return self.kill_at_random(argv, "isolate", mark=self.mark(trial))
 
-    def trial_reconcile(self) -> bool:
+    def mark(self, trial: int) -> str:
+        return f"{os.getpid()}-{trial}"
+
+    def trial_reconcile(self, trial: int) -> bool:
         # Leave two dead tasks behind (kcm and its command killed after booking) to clean up.
         for pool in ("infra", "dataplane"):
-            proc = self.isolate(pool, "exec sleep 3600")
+            mark = f"{self.mark(trial)}-{pool}"
+            proc = self.isolate(pool, "exec sleep 3600", mark)
             if self.wait_listed(proc.pid):
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
-                subprocess.run(["pkill", "-KILL", "-P", str(proc.pid)], check=False)
             else:
                 proc.kill()
                 proc.wait()
+            self.kill_marked(mark)
         return self.kill_at_random([KCM, "reconcile", f"--conf-dir={self.conf}"], "reconcile")
+
+    def kill_marked(self, mark: str) -> None:
+        """End what one trial started (found by its mark, so only ours) and wait for it."""
+        deadline = time.monotonic() + 10
+        while (left := marked(MARK, mark)) and time.monotonic() < deadline:
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.01)
 
     def trial_init(self, trial: int) -> bool:
         if trial % 2:
@@ -185,8 +226,27 @@ class Crasher:
             return "nothing" if not names or empty_lock else "partial"
         return "complete" if self.describe(target) == self.reference else "partial"
 
+    def check_cgroups(self, trial: int, kind: str) -> None:
+        """Every process the trial left runs in a booking of the state, and no CPU of an
+        exclusive list runs processes of two bookings; then the trial's processes end."""
+        mark = self.mark(trial)
+        left = marked(MARK, mark)
+        if left:
+            self.report.count(f"{kind}_left_processes_running")
+        where = {p.pid: p for p in placed(self.conf)}
+        for pid in left:
+            if pid not in where:
+                self.report.count("processes_outside_their_booking")
+                self.report.fail(f"trial {trial} ({kind}): PID {pid} runs outside any booking")
+        for overlap in shared_cpus(list(where.values()), EXCLUSIVE):
+            self.report.count("exclusive_cpus_shared")
+            self.report.fail(f"trial {trial} ({kind}): {overlap}")
+        self.kill_marked(mark)
+
     def check(self, trial: int, kind: str) -> None:
         """The invariants after a killed command, then after one full reconcile."""
+        if kind == "isolate":
+            self.check_cgroups(trial, kind)
         found = scan(self.conf)
         live = {pid for pids in self.expected.values() for pid in pids}
         dead = sum(1 for pids in found.tasks.values() for pid in pids if pid not in live)
@@ -218,10 +278,21 @@ class Crasher:
         stray = set(after.hidden) - owners
         if stray:
             self.report.fail(f"trial {trial} ({kind}): stray files after reconcile {sorted(stray)}")
+        left = booking_cgroups(self.conf)
+        if self.cgroups and left != self.live_bookings:
+            self.report.count("cgroups_reconcile_left")
+            self.report.fail(f"trial {trial} ({kind}): booking cgroups {left} after reconcile")
 
     def run(self, trials: int, time_limit: float) -> None:
         deadline = time.monotonic() + time_limit
-        for name in ("torn_files", "live_tasks_removed", "dead_held_after_reconcile"):
+        for name in (
+            "torn_files",
+            "live_tasks_removed",
+            "dead_held_after_reconcile",
+            "processes_outside_their_booking",
+            "exclusive_cpus_shared",
+            "cgroups_reconcile_left",
+        ):
             self.report.count(name, 0)
         done = dict.fromkeys(KINDS, 0)
         killed_running = dict.fromkeys(KINDS, 0)
@@ -231,9 +302,9 @@ class Crasher:
                 break
             kind = KINDS[trial % len(KINDS)]
             if kind == "isolate":
-                running = self.trial_isolate()
+                running = self.trial_isolate(trial)
             elif kind == "reconcile":
-                running = self.trial_reconcile()
+                running = self.trial_reconcile(trial)
             else:
                 running = self.trial_init(trial)
             done[kind] += 1

@@ -178,6 +178,17 @@ PID_NAMESPACE = Env(
     "use a KCM_PROC_FS of another PID namespace than the host's (its PID 2 is not kthreadd)",
 )
 DEBUG = Env("KCM_DEBUG=1", "show a traceback on errors")
+CGROUP_FS = Env(
+    "KCM_CGROUP_FS",
+    "the cgroup root where each booking gets a cgroup of its own [default: /sys/fs/cgroup]:"
+    " the v1 cpuset or v2 with cpuset; none there, or not writable: the PID and the"
+    " command's process group hold it (README)",
+)
+CGROUP_PARENT = Env(
+    "KCM_CGROUP_PARENT",
+    "where the booking cgroups go below the hierarchy's root [default: kcm]; with systemd"
+    " and cgroup v2: system.slice/kcm-bookings.service",
+)
 
 EXIT_OK = Exit("0", "success")
 EXIT_USAGE = Exit("2", "usage error (the message says what to change)")
@@ -190,7 +201,8 @@ EXIT_LOCK = Exit("5", "the state lock not taken, or held too long, within KCM_LO
 EXIT_HOST = Exit(
     "6",
     "host problem: procfs, a procfs of another PID namespace, sysfs, too few cores, cannot"
-    " pin, a missing Python package, an unsafe install directory",
+    " pin, a cgroup that refused a change, a missing Python package, an unsafe install"
+    " directory",
 )
 EXIT_CLUSTER = Exit("7", "Kubernetes problem: no NODE_NAME, no credentials, API unreachable or"
                     " refusing")  # fmt: skip
@@ -288,10 +300,22 @@ COMMANDS: tuple[Command, ...] = (
             INTERVAL,
             Option("--quiet", "no line on stderr per list it frees tasks from"),
         ),
-        env=(PROC_FS, PID_NAMESPACE, LOCK_TIMEOUT, SHARED_STATE_OWNED, DEBUG),
+        env=(
+            PROC_FS,
+            PID_NAMESPACE,
+            LOCK_TIMEOUT,
+            SHARED_STATE_OWNED,
+            CGROUP_FS,
+            CGROUP_PARENT,
+            DEBUG,
+        ),
         exits=(
             EXIT_OK,
-            Exit("1", "found tasks running on other CPUs than their list"),
+            Exit(
+                "1",
+                "found tasks running on other CPUs than their list, processes of a booking"
+                " that may run outside its list, or cgroups no list accounts for",
+            ),
             EXIT_USAGE,
             EXIT_STATE,
             EXIT_LOCK,
@@ -319,6 +343,8 @@ COMMANDS: tuple[Command, ...] = (
             PID_NAMESPACE,
             LOCK_TIMEOUT,
             SHARED_STATE_OWNED,
+            CGROUP_FS,
+            CGROUP_PARENT,
             DEBUG,
         ),
         exits=(
@@ -330,7 +356,8 @@ COMMANDS: tuple[Command, ...] = (
             Exit(
                 "*",
                 "the command's status (128+N if it was killed by signal N), also when"
-                " releasing its list fails (it says so on stderr)",
+                " releasing its list fails (it says so on stderr), and also when it leaves"
+                " processes behind, which keep the list booked until they exit",
             ),
         ),
         notes=(

@@ -32,7 +32,9 @@ def test_unit_runs_the_reconcile_loop_on_the_host_proc() -> None:
     ]
     assert "KCM_PROC_FS=/proc" in settings["Environment"]
     assert settings["Restart"] == ["on-failure"]
-    assert settings["ReadWritePaths"] == ["/etc/kcm"]
+    # The state, and the cgroupfs, where reconcile removes empty booking cgroups.
+    assert settings["ReadWritePaths"] == ["/etc/kcm /sys/fs/cgroup"]
+    assert "ProtectControlGroups" not in settings
     assert settings["ProtectSystem"] == ["strict"]
     assert "ProtectProc" not in settings  # it must see every process
     assert settings["WantedBy"] == ["multi-user.target"]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kcm import cpulist
-from stress import concurrency, crash, isolation, pid_reuse
+from stress import common, concurrency, crash, isolation, pid_reuse
 from stress.common import (
     Report,
     exclusive_lists,
@@ -18,6 +19,14 @@ from stress.common import (
     stderr_problem,
 )
 from stress.concurrency import Record, double_allocations
+
+
+@pytest.fixture(autouse=True)
+def remove_the_runs_cgroups() -> Iterator[None]:
+    """The scripts' bookings go under a parent of the run's own (stress.common); the scripts'
+    main removes it, and so does this for the parts the tests call directly."""
+    yield
+    common.remove_cgroup_parent()
 
 
 def figures(report: Report) -> dict[str, object]:

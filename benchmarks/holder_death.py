@@ -13,8 +13,8 @@ Needs root and a writable cpuset hierarchy (cgroup v1 here). A state of one excl
 the holder is then killed and reaped, and at once one ``kcm isolate --pool=dataplane true`` is
 started: it must succeed on its first try (no reconcile runs), and its wall time is what the
 list's reuse costs. The same isolate on a list left free (its booking released normally) is
-the baseline, alternated round by round. Everything lives under a cgroup parent unique to the
-run, removed at the end.
+the baseline, alternated round by round. kcm is installed into a fresh venv as bench.py does.
+Everything lives under a cgroup parent unique to the run, removed at the end.
 """
 
 from __future__ import annotations
@@ -31,7 +31,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-KCM = str(Path(sys.executable).parent / "kcm")
+sys.path.insert(0, str(REPO / "benchmarks"))
+import bench  # noqa: E402  the sibling script: the fresh venv install users get
+
+KCM = ""  # the installed kcm, set by main
 
 
 def isolate(conf: str, command: str, env: dict[str, str]) -> tuple[int, float]:
@@ -109,8 +112,10 @@ def main() -> int:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("KCM_", "CMK_"))}
     env = {**base, "KCM_PROC_FS": "/proc", "KCM_CGROUP_PARENT": parent}
     samples: dict[str, list[float]] = {"free": [], "leftover": [], "orphan": []}
+    global KCM
     try:
         with tempfile.TemporaryDirectory(prefix="kcm-bench-") as tmp:
+            KCM = str(bench.make_venv(Path(tmp) / "venv") / "kcm")
             sys_root = build_sysfs(f"{tmp}/sys", NO_HT_2)
             conf = f"{tmp}/kcm"
             subprocess.run(

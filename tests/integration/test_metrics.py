@@ -70,10 +70,21 @@ def expected_from_disk(conf: str) -> Samples:
         for name in lists:
             cpus |= cpulist.parse(name)
         held = sum(1 for tasks in lists.values() if tasks)
+        # A list only heirs hold: every live task has a .heir-<pid> record (kcm.holders).
+        leftovers = {
+            name
+            for name, tasks in lists.items()
+            if isinstance(tasks, list)
+            and any(is_alive(t) for t in tasks)
+            and all(
+                Path(conf, "pools", pool, name, f".heir-{t}").exists() for t in tasks if is_alive(t)
+            )
+        }
         out[("kcm_pool_cpus", p)] = len(cpus)
         out[("kcm_pool_cpu_lists", p)] = len(lists)
         out[("kcm_pool_cpu_lists_free", p)] = len(lists) - held
         out[("kcm_pool_cpu_lists_held", p)] = held
+        out[("kcm_pool_cpu_lists_held_by_leftovers", p)] = len(leftovers)
         out[("kcm_pool_exclusive", p)] = 1 if state[pool] else 0
         out[("kcm_pool_tasks", p)] = sum(len(t) for t in lists.values() if isinstance(t, list))
         for name, tasks in lists.items():
@@ -81,8 +92,9 @@ def expected_from_disk(conf: str) -> Samples:
             labels = (("cpus", name), ("pool", pool))
             out[("kcm_cpu_list_tasks", labels)] = len(tasks)
             out[("kcm_cpu_list_stale_tasks", labels)] = sum(not is_alive(t) for t in tasks)
-            for each in ("free", "held"):
+            for each in ("free", "held", "held_by_leftovers"):
                 current = "held" if tasks else "free"
+                current = "held_by_leftovers" if name in leftovers else current
                 out[("kcm_cpu_list_state", (*labels, ("state", each)))] = each == current
     return out
 

@@ -141,7 +141,9 @@ def test_no_line_for_the_hierarchy_is_none() -> None:
         ("/kcm/etc-kcm/dataplane/4,12", None),
         ("/kcm/etc-kcm/dataplane/4,12/junk", None),
         ("/kcm/other-state/dataplane/4,12/4242-99", None),
-        ("/kcm/etc-kcm/dataplane/12,4/4242-99", None),  # not a list name kcm writes
+        ("/kcm/etc-kcm/dataplane/12,12/4242-99", None),  # no list the state can have
+        # CMK wrote lists in any order, and the list level is named as the state names it.
+        ("/kcm/etc-kcm/dataplane/12,4/4242-99", Booking("dataplane", "12,4", 4242, 99)),
         ("/kcm/etc-kcm/.hidden/4/1-1", None),
         ("/", None),
         ("/user.slice", None),

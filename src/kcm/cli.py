@@ -24,7 +24,7 @@ VALUE_OPTIONS = {
     "discover": ("--conf-dir", "--interval"),
     "describe": ("--conf-dir", "--output"),
     "reconcile": ("--conf-dir", "--interval"),
-    "isolate": ("--conf-dir", "--pool"),
+    "isolate": ("--conf-dir", "--pool", "--socket-id", "--numa-node", "--near"),
     "install": ("--install-dir",),
     "cluster-init": (
         "--namespace",
@@ -40,6 +40,7 @@ FLAGS = {
     "init": ("--keep-existing", "--quiet"),
     "discover": ("--taint",),
     "reconcile": ("--quiet",),
+    "isolate": ("--near-strict",),
     "install": ("--quiet",),
     "cluster-init": ("--example-workload",),
 }
@@ -223,7 +224,21 @@ def run_isolate(args: Args) -> int:
     from kcm import isolate
 
     assert args.command is not None
-    return isolate.run(args.get("--conf-dir"), args.get("--pool"), args.command, args.args)
+    asked = None
+    if any(name in args.options for name in PLACEMENT):
+        from kcm import placement
+
+        asked = placement.placement(
+            args.options.get("--socket-id"),
+            args.options.get("--numa-node"),
+            args.options.get("--near"),
+            args.flag("--near-strict"),
+        )
+    return isolate.run(args.get("--conf-dir"), args.get("--pool"), args.command, args.args, asked)
+
+
+# isolate's placement options: only they bring the topology in.
+PLACEMENT = ("--socket-id", "--numa-node", "--near", "--near-strict")
 
 
 def run_describe(args: Args) -> int:

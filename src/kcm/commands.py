@@ -161,6 +161,10 @@ PROC_FS_TASKS = Env(
     "procfs to look the recorded tasks up in (describe: for the table) [default: /proc]",
 )
 SYS_FS = Env("KCM_SYS_FS", "sysfs to read the CPU topology from [default: /sys]")
+SYS_FS_PLACEMENT = Env(
+    "KCM_SYS_FS",
+    "sysfs to read sockets, NUMA nodes and devices from, for the placement options [default: /sys]",
+)
 LOCK_TIMEOUT = Env(
     "KCM_LOCK_TIMEOUT",
     "seconds to wait for, and at most hold, the state lock [default: 30]"
@@ -326,10 +330,25 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "isolate",
         "run a command pinned to a CPU list of a pool",
-        usage=("kcm isolate [--conf-dir=<dir>] --pool=<pool> <command> [-- <args> ...]",),
+        usage=(
+            "kcm isolate [--conf-dir=<dir>] --pool=<pool> [--socket-id=<n>] [--numa-node=<n>]",
+            "            [--near=<device> [--near-strict]] <command> [-- <args> ...]",
+        ),
         seed_usage="kcm isolate [--conf-dir=<dir>] --pool=<pool> <command> [-- <args> ...]",
         run="kcm.cli:run_isolate",
-        options=(CONF_DIR, POOL),
+        options=(
+            CONF_DIR,
+            POOL,
+            Option("--socket-id", "take a list whose CPUs all lie on socket <n> (CMK's)", "<n>"),
+            Option("--numa-node", "take a list whose CPUs all lie on NUMA node <n>", "<n>"),
+            Option(
+                "--near",
+                "prefer a list on the NUMA node of <device>, a PCI address (0000:3b:00.0) or a"
+                " network interface (ens1f0); else take another and say so",
+                "<device>",
+            ),
+            Option("--near-strict", "with --near: refuse (exit 4) rather than take another"),
+        ),
         arguments=(
             Argument(
                 "<command>",
@@ -343,6 +362,7 @@ COMMANDS: tuple[Command, ...] = (
             PID_NAMESPACE,
             LOCK_TIMEOUT,
             SHARED_STATE_OWNED,
+            SYS_FS_PLACEMENT,
             CGROUP_FS,
             CGROUP_PARENT,
             DEBUG,
@@ -350,7 +370,9 @@ COMMANDS: tuple[Command, ...] = (
         exits=(
             EXIT_USAGE,
             EXIT_STATE,
-            Exit("4", "no free CPU list in the pool"),
+            Exit(
+                "4", "no free CPU list in the pool (on the socket, node or near the device asked)"
+            ),
             EXIT_LOCK,
             EXIT_HOST,
             Exit(
@@ -361,7 +383,9 @@ COMMANDS: tuple[Command, ...] = (
             ),
         ),
         notes=(
-            "The command gets KCM_CPUS_ASSIGNED (the list) and KCM_POOL in its environment;"
+            "The command gets KCM_CPUS_ASSIGNED (the list) and KCM_POOL in its environment,"
+            " and with a placement option KCM_NUMA_NODE (the list's node, empty when it"
+            " spans nodes);"
             " kcm waits up to 10 times KCM_LOCK_TIMEOUT to release its list afterwards."
             " --help after <command> is the command's: kcm isolate --pool=infra mytool --help"
             " runs mytool --help; give its other arguments after '--'.",

@@ -65,6 +65,9 @@ TYPE_CHECKING = False  # typing costs ms at start-up; mypy treats this name as T
 if TYPE_CHECKING:
     import signal as _signal
 
+    from kcm.model import CpuList
+    from kcm.placement import Placed, Placement
+
     Handlers = dict[int, _signal._HANDLER]
 else:
     import _signal
@@ -94,14 +97,17 @@ def exit_status(wait_status: int) -> int:
 
 
 class Booked:
-    """What ``book`` got: the list, its pool's kind, and the booking's cgroup (None without)."""
+    """What ``book`` got: the list, its pool's kind, the booking's cgroup (None without), and
+    with a placement option the list's NUMA node for ``KCM_NUMA_NODE`` and what to say."""
 
-    __slots__ = ("booking", "cpus", "exclusive")
+    __slots__ = ("booking", "cpus", "exclusive", "notes", "numa_node")
 
     def __init__(self, cpus: str, exclusive: bool, booking: cgroups.Booking | None) -> None:
         self.cpus = cpus
         self.exclusive = exclusive
         self.booking = booking
+        self.numa_node: str | None = None
+        self.notes: list[str] = []
 
 
 def book(
@@ -110,14 +116,26 @@ def book(
     me: procfs.Stat,
     backend: cgroups.Backend | None,
     proc_root: str,
+    asked: Placement | None = None,
 ) -> Booked:
     """Record ``me`` on a list of ``pool_name`` under the lock, and make its booking's cgroup
-    (with a backend) just before; see the module's docstring for the order."""
+    (with a backend) just before; see the module's docstring for the order. ``asked``: the
+    placement options (``kcm.placement``), which alone read the topology."""
     validate_pool_name(pool_name)
     with StateDir(conf_dir) as state:
         state.lock(lock_timeout())
         pool = state.read_pool(pool_name)
-        chosen = choose_cpu_list(pool)
+        placed = None
+        if asked is not None:
+            from kcm import placement
+
+            placed = placement.read(pool, asked)
+        candidates = pool if placed is None else placed.pool
+
+        def pick(among: Pool) -> CpuList | None:
+            return choose_cpu_list(among) if placed is None else placed.choose(among)
+
+        chosen = pick(candidates)
         look = None
         if pool.exclusive and backend is not None:
             # A free list's booking cgroup outlives its tasks only if someone cleared them by
@@ -129,19 +147,49 @@ def book(
                 look = look or reclaim.Look(proc_root)
                 reclaim.settle_free_list(state, look, backend, pool_name, chosen)
                 held.add(chosen.cpus)
-                rest = {k: v for k, v in pool.cpu_lists.items() if k not in held}
-                chosen = choose_cpu_list(Pool(pool.name, pool.exclusive, rest))
+                rest = {k: v for k, v in candidates.cpu_lists.items() if k not in held}
+                chosen = pick(Pool(pool.name, pool.exclusive, rest))
         reclaimed = None
-        if chosen is None and pool.exclusive and pool.cpu_lists:
+        if chosen is None and pool.exclusive and candidates.cpu_lists:
             from kcm import reclaim
 
             look = look or reclaim.Look(proc_root)
-            reclaimed, by_leftovers = reclaim.reclaim_pool(state, look, backend, pool)
+            by_leftovers = 0
+            # --near: the lists on the device's node first, then (unless strict) the rest.
+            tiers = [candidates] if placed is None else [placed.near_lists(candidates)]
+            if placed is not None and tiers[0] is not candidates:
+                rest = {
+                    k: v for k, v in candidates.cpu_lists.items() if k not in tiers[0].cpu_lists
+                }
+                tiers.append(Pool(pool.name, pool.exclusive, rest))
+            for tier in tiers:
+                reclaimed, held_by = reclaim.reclaim_pool(state, look, backend, tier)
+                by_leftovers += held_by
+                if reclaimed is not None:
+                    break
             if reclaimed is None:
-                raise _exhausted(conf_dir, pool, by_leftovers)
+                raise _exhausted(conf_dir, pool, by_leftovers, placed)
             chosen = reclaimed.cpu_list
         if chosen is None:
-            raise _exhausted(conf_dir, pool, 0)
+            raise _exhausted(conf_dir, pool, 0, placed)
+        mems = None
+        notes: list[str] = []
+        if placed is not None:
+            note = placed.note(pool_name, chosen)
+            if note is not None:
+                notes.append(note)
+            from kcm import placement
+
+            assert placed.topology is not None
+            wanted = placement.mems(chosen, placed.topology)
+            if backend is not None and wanted:
+                mems = backend.usable_mems(wanted) or None
+                if mems is None:
+                    notes.append(
+                        f"kcm: warning: memory node(s) {wanted} of CPU list {chosen.cpus} are"
+                        f" not in {backend.hierarchy}/{backend.ROOT_MEMS}: the booking keeps"
+                        " every memory node the host's cpuset has"
+                    )
         booking = None
         if backend is not None:
             cpus = backend.usable_cpus(chosen.cpus)
@@ -154,7 +202,7 @@ def book(
         try:
             if booking is not None:
                 assert backend is not None
-                backend.create(booking, cpus)
+                backend.create(booking, cpus, mems)
             start = None if booking is not None else me.start_time
             if reclaimed is None:
                 state.add_task(pool_name, chosen, me.pid, start)
@@ -171,10 +219,25 @@ def book(
                 ids = cgroups.parse_booking_name(name)
                 if ids is not None:
                     _remove_quietly(backend, cgroups.Booking(pool_name, chosen.cpus, *ids))
-        return Booked(chosen.cpus, pool.exclusive, booking)
+        booked = Booked(chosen.cpus, pool.exclusive, booking)
+        booked.notes = notes
+        if placed is not None:
+            from kcm import placement
+
+            assert placed.topology is not None
+            booked.numa_node = placement.numa_node(chosen, placed.topology)
+        return booked
 
 
-def _exhausted(conf_dir: str, pool: Pool, by_leftovers: int) -> PoolExhaustedError:
+def _exhausted(
+    conf_dir: str, pool: Pool, by_leftovers: int, placed: Placed | None = None
+) -> PoolExhaustedError:
+    if placed is not None:
+        from kcm import placement
+
+        assert placed.asked is not None
+        strict = placed.asked.near is not None and placed.asked.strict
+        return placement.exhausted(conf_dir, pool, placed, strict)
     if not pool.cpu_lists:
         return PoolExhaustedError(f"pool {pool.name!r} in {conf_dir} has no CPU lists")
     left = ""
@@ -356,8 +419,11 @@ def _tty_foreground() -> bool:
         return False
 
 
-def run(conf_dir: str, pool_name: str, command: str, args: list[str]) -> int:
-    """``kcm isolate``: the command's exit status (128+N if killed by signal N)."""
+def run(
+    conf_dir: str, pool_name: str, command: str, args: list[str], asked: Placement | None = None
+) -> int:
+    """``kcm isolate``: the command's exit status (128+N if killed by signal N). ``asked``:
+    ``--socket-id``, ``--numa-node``, ``--near`` (``kcm.placement``), None for none."""
     root = procfs.proc_root("kcm isolate")
     procfs.require_host_pid_namespace(root)
     me = procfs.self_stat(root)
@@ -371,8 +437,10 @@ def run(conf_dir: str, pool_name: str, command: str, args: list[str]) -> int:
         for sig in FORWARDED
         if _signal.getsignal(sig) != _signal.SIG_IGN
     }
-    booked = book(conf_dir, pool_name, me, backend, root)
+    booked = book(conf_dir, pool_name, me, backend, root, asked)
     cpus = booked.cpus
+    for note in booked.notes:
+        os.write(2, f"{note}\n".encode(errors="replace"))
     if booked.exclusive and isinstance(detected, cgroups.Unavailable):
         os.write(
             2,
@@ -394,6 +462,8 @@ def run(conf_dir: str, pool_name: str, command: str, args: list[str]) -> int:
         env = dict(os.environ)
         env["KCM_CPUS_ASSIGNED"] = env["CMK_CPUS_ASSIGNED"] = cpus
         env["KCM_POOL"] = pool_name
+        if booked.numa_node is not None:  # only a placement option reads the topology
+            env["KCM_NUMA_NODE"] = booked.numa_node
         env["CMK_PROC_FS"] = root  # CMK 1.x workloads read the procfs from here
         # From here until the child has its own handlers and group, signals wait in the kernel.
         _signal.pthread_sigmask(_signal.SIG_BLOCK, FORWARDED)

@@ -367,13 +367,14 @@ class Backend:
 
     # -- the lifecycle
 
-    def create(self, booking: Booking, cpus: str | None = None) -> str:
+    def create(self, booking: Booking, cpus: str | None = None, mems: str | None = None) -> str:
         """Make the booking's cgroup (and any missing level above it); its path.
 
         ``cpuset.cpus`` is ``cpus`` (default: the list; isolate passes ``usable_cpus``, the
-        list's CPUs the hierarchy has), ``cpuset.mems`` all memory nodes. Safe against any
-        number of concurrent creators of the same levels; creating an existing booking is a
-        no-op.
+        list's CPUs the hierarchy has), ``cpuset.mems`` is ``mems`` (default: all memory
+        nodes; isolate's placement passes the list's nodes, ``usable_mems``). Safe against
+        any number of concurrent creators of the same levels; creating an existing booking is
+        a no-op.
         """
         if not _is_pool_name(booking.pool) or "/" in booking.pool:
             raise ValueError(f"not a pool name: {booking.pool!r}")
@@ -382,11 +383,11 @@ class Backend:
         cpus = booking.cpu_list if cpus is None else cpus
         path = self.path(booking)
         list_path = self.list_path(booking.pool, booking.cpu_list)
-        if self._make_booking(path, list_path, cpus, strict=False):
+        if self._make_booking(path, list_path, cpus, mems, strict=False):
             return path
         for _ in range(CREATE_ATTEMPTS):
             if self._make_levels(booking, cpus) and self._make_booking(
-                path, list_path, cpus, strict=True
+                path, list_path, cpus, mems, strict=True
             ):
                 return path
         raise CgroupError(
@@ -394,8 +395,11 @@ class Backend:
             " (is something removing cgroups under the same parent?)"
         )
 
-    def _make_booking(self, path: str, list_path: str, cpus: str, *, strict: bool) -> bool:
-        """Make the booking level; False if a level above is missing or not ready."""
+    def _make_booking(
+        self, path: str, list_path: str, cpus: str, mems: str | None, *, strict: bool
+    ) -> bool:
+        """Make the booking level (``mems`` None: all nodes); False if a level above is
+        missing or not ready."""
         raise NotImplementedError
 
     def _make_levels(self, booking: Booking, cpus: str) -> bool:
@@ -405,6 +409,20 @@ class Backend:
 
     # The hierarchy's own CPUs: what every level below it is bounded by.
     ROOT_CPUS = ""
+
+    ROOT_MEMS = ""
+
+    def usable_mems(self, nodes: str) -> str:
+        """The memory nodes of ``nodes`` that the hierarchy has ("" if none)."""
+        try:
+            text = read_file(f"{self.hierarchy}/{self.ROOT_MEMS}").strip()
+            have = cpulist.parse(text) if text else frozenset()
+        except OSError as e:
+            raise CgroupError(f"cannot read {self.hierarchy}/{self.ROOT_MEMS}: {why(e)}") from None
+        except ParseError:
+            have = frozenset()
+        wanted = cpulist.parse(nodes)
+        return cpulist.format(wanted & have) if wanted & have else ""
 
     def usable_cpus(self, cpu_list: str) -> str:
         """The CPUs of ``cpu_list`` that the hierarchy has, in cpu-list form ("" if none).

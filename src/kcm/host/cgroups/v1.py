@@ -40,9 +40,12 @@ class CpusetV1(Backend):
     kind = "v1"
     MOVE_FILE = "tasks"  # "0" moves the calling thread without the ~10 ms RCU wait of procs
     ROOT_CPUS = CPUS  # the top cpuset's: the online CPUs
+    ROOT_MEMS = MEMS
     __slots__ = ()
 
-    def _make_booking(self, path: str, list_path: str, cpus: str, *, strict: bool) -> bool:
+    def _make_booking(
+        self, path: str, list_path: str, cpus: str, mems: str | None, *, strict: bool
+    ) -> bool:
         try:
             os.mkdir(path, 0o755)
         except FileExistsError:
@@ -52,13 +55,14 @@ class CpusetV1(Backend):
         except OSError as e:
             raise CgroupError(f"cannot create {path}: {why(e)}") from None
         try:
-            mems = read_file(f"{list_path}/{MEMS}").strip()
+            all_mems = read_file(f"{list_path}/{MEMS}").strip()
         except FileNotFoundError:
             return False
         except OSError as e:
             raise CgroupError(f"cannot read {list_path}/{MEMS}: {why(e)}") from None
-        if not mems:
+        if not all_mems:
             return False
+        mems = mems or all_mems
         for name, value in ((CPUS, cpus), (MEMS, mems)):
             try:
                 write_file(f"{path}/{name}", value)

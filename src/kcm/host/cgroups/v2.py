@@ -33,9 +33,12 @@ class Unified(Backend):
     # cgroup.threads can't move a thread between domain cgroups: the whole process moves.
     MOVE_FILE = "cgroup.procs"
     ROOT_CPUS = "cpuset.cpus.effective"
+    ROOT_MEMS = "cpuset.mems.effective"
     __slots__ = ()
 
-    def _make_booking(self, path: str, list_path: str, cpus: str, *, strict: bool) -> bool:
+    def _make_booking(
+        self, path: str, list_path: str, cpus: str, mems: str | None, *, strict: bool
+    ) -> bool:
         try:
             os.mkdir(path, 0o755)
         except FileExistsError:
@@ -44,11 +47,12 @@ class Unified(Backend):
             return False
         except OSError as e:
             raise CgroupError(f"cannot create {path}: {why(e)}") from None
-        root_mems = f"{self.hierarchy}/cpuset.mems.effective"
-        try:
-            mems = read_file(root_mems).strip()
-        except OSError as e:
-            raise CgroupError(f"cannot read {root_mems}: {why(e)}") from None
+        if mems is None:
+            root_mems = f"{self.hierarchy}/{self.ROOT_MEMS}"
+            try:
+                mems = read_file(root_mems).strip()
+            except OSError as e:
+                raise CgroupError(f"cannot read {root_mems}: {why(e)}") from None
         for name, value in ((CPUS, cpus), (MEMS, mems)):
             try:
                 write_file(f"{path}/{name}", value)

@@ -474,3 +474,29 @@ def test_the_backends_add_no_module_to_isolates_imports() -> None:
     assert after - before == {"kcm.host.cgroups.v1", "kcm.host.cgroups.v2"}
     # What only a full pool or a command's leftovers need stays off the start-up path.
     assert not before & {"kcm.reclaim", "kcm.holders", "dataclasses", "typing"}
+
+
+# -- isolate's placement: the booking's CPUs and memory nodes as the host has them --------------
+
+
+@pytest.mark.parametrize("make", [v1, v2], ids=["v1", "v2"])
+def test_a_placed_booking_gets_the_lists_memory_nodes(tmp_path: Path, conf: str, make) -> None:  # type: ignore[no-untyped-def]
+    backend = make(tmp_path, conf, mems="0-1")
+    assert backend.usable_mems("1") == "1"
+    assert backend.usable_mems("1-3") == "1"
+    assert backend.usable_mems("2") == ""  # a node the hierarchy lacks
+    booking = cgroups.Booking("dataplane", "2", 1, 1)
+    path = backend.create(booking, "2", "1")
+    assert read(f"{path}/cpuset.mems") == "1"
+    unplaced = cgroups.Booking("dataplane", "3", 2, 2)
+    assert read(f"{backend.create(unplaced)}/cpuset.mems") == "0-1"  # every node, as before
+
+
+@pytest.mark.parametrize("make", [v1, v2], ids=["v1", "v2"])
+def test_a_list_naming_cpus_the_host_lacks_gets_the_ones_it_has(
+    tmp_path: Path, conf: str, make
+) -> None:  # type: ignore[no-untyped-def]
+    backend = make(tmp_path, conf, cpus="0-3")
+    assert backend.usable_cpus("2") == "2"
+    assert backend.usable_cpus("1,9") == "1"  # sched_setaffinity would ignore 9 too
+    assert backend.usable_cpus("63") == ""

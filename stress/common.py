@@ -376,3 +376,24 @@ def booking_cgroups(conf_dir: str) -> list[str]:
             out.append(rel)
             dirs[:] = []
     return sorted(out)
+
+
+def booked_by(conf_dir: str, kcm: int) -> list[int]:
+    """The processes in the booking cgroups that the kcm isolate ``kcm`` made (any pool, any
+    list of ``conf_dir``'s state), and below them."""
+    top = cgroup_top()
+    if top is None:
+        return []
+    from kcm.host import cgroups
+
+    subtree = f"{top}/{cgroups.state_id(os.path.realpath(conf_dir))}"
+    found: list[int] = []
+    for rel in booking_cgroups(conf_dir):
+        if rel.rpartition("/")[2].partition("-")[0] != str(kcm):
+            continue
+        for dirpath, _dirs, _files in os.walk(f"{subtree}/{rel}"):
+            try:
+                found += [int(pid) for pid in _read(f"{dirpath}/cgroup.procs").split()]
+            except FileNotFoundError:
+                continue
+    return found

@@ -28,6 +28,7 @@ from stress import common
 from stress.common import (
     KCM,
     Report,
+    booked_by,
     booking_cgroups,
     kcm_env,
     make_state,
@@ -63,6 +64,7 @@ class Crasher:
         self.init_target = os.path.join(self.init_parent, "kcm")
         self.reference = ""
         self.durations: dict[str, float] = {}
+        self.last_pid = 0  # the kcm the last trial killed
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -105,6 +107,7 @@ class Crasher:
         running = proc.poll() is None
         proc.kill()
         proc.wait()
+        self.last_pid = proc.pid
         return running
 
     # -- set-up -------------------------------------------------------------------------
@@ -164,7 +167,8 @@ class Crasher:
         command = COMMANDS[trial // len(KINDS) % len(COMMANDS)]
         self.report.count(f"isolate_command_{command.split()[0]}")
         argv = [KCM, "isolate", f"--conf-dir={self.conf}", f"--pool={pool}", command]
-        return self.kill_at_random(argv, "isolate", mark=self.mark(trial))
+        running = self.kill_at_random(argv, "isolate", mark=self.mark(trial))
+        return running
 
     def mark(self, trial: int) -> str:
         return f"{os.getpid()}-{trial}"
@@ -180,13 +184,20 @@ class Crasher:
             else:
                 proc.kill()
                 proc.wait()
-            self.kill_marked(mark)
+            self.kill_marked(mark, proc.pid)
         return self.kill_at_random([KCM, "reconcile", f"--conf-dir={self.conf}"], "reconcile")
 
-    def kill_marked(self, mark: str) -> None:
-        """End what one trial started (found by its mark, so only ours) and wait for it."""
+    def kill_marked(self, mark: str, kcm: int | None = None) -> None:
+        """End what one trial started and wait for it: the processes its mark is on, and those
+        in the booking cgroups the trial's kcm (``kcm``) made, which hold every process of its
+        command (a child caught between vfork and exec may not show its environment yet)."""
         deadline = time.monotonic() + 10
-        while (left := marked(MARK, mark)) and time.monotonic() < deadline:
+        quiet = 0
+        while quiet < 2 and time.monotonic() < deadline:
+            left = set(marked(MARK, mark))
+            if kcm is not None:
+                left |= set(booked_by(self.conf, kcm))
+            quiet = 0 if left else quiet + 1
             for pid in left:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -235,13 +246,13 @@ class Crasher:
             self.report.count(f"{kind}_left_processes_running")
         where = {p.pid: p for p in placed(self.conf)}
         for pid in left:
-            if pid not in where:
+            if pid not in where and os.path.exists(f"/proc/{pid}/cgroup"):  # not just exited
                 self.report.count("processes_outside_their_booking")
                 self.report.fail(f"trial {trial} ({kind}): PID {pid} runs outside any booking")
         for overlap in shared_cpus(list(where.values()), EXCLUSIVE):
             self.report.count("exclusive_cpus_shared")
             self.report.fail(f"trial {trial} ({kind}): {overlap}")
-        self.kill_marked(mark)
+        self.kill_marked(mark, self.last_pid)
 
     def check(self, trial: int, kind: str) -> None:
         """The invariants after a killed command, then after one full reconcile."""

@@ -106,10 +106,37 @@ def job_script(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> str:
     return f"cd {shlex.quote(str(cwd))} || exit 126\nexec env -i {assignments} {command}\n"
 
 
+def numa_argv(smp: int, memory_mb: int, nodes: int) -> list[str]:
+    """QEMU's ``-numa`` options for ``nodes`` NUMA nodes sharing the vCPUs and memory evenly
+    (node n: the n-th run of vCPUs and a RAM backend of its own); none for one node."""
+    if nodes <= 1:
+        return []
+    if smp < nodes or memory_mb < 128 * nodes:
+        raise ValueError(f"{nodes} NUMA nodes need a vCPU and 128 MiB each ({smp}, {memory_mb})")
+    argv: list[str] = []
+    first = 0
+    for node in range(nodes):
+        count = smp // nodes + (1 if node < smp % nodes else 0)
+        cpus = f"{first}-{first + count - 1}" if count > 1 else str(first)
+        first += count
+        size = memory_mb // nodes + (memory_mb % nodes if node == nodes - 1 else 0)
+        argv += ["-object", f"memory-backend-ram,id=mem{node},size={size}M"]
+        argv += ["-numa", f"node,nodeid={node},cpus={cpus},memdev=mem{node}"]
+    return argv
+
+
 def qemu_argv(
-    kernel: GuestKernel, *, cgroup: str, job: Path, ports: Path, smp: int, memory_mb: int
+    kernel: GuestKernel,
+    *,
+    cgroup: str,
+    job: Path,
+    ports: Path,
+    smp: int,
+    memory_mb: int,
+    numa_nodes: int = 1,
 ) -> list[str]:
-    """QEMU under TCG with the host's root shared read-only, no network, three serial ports."""
+    """QEMU under TCG with the host's root shared read-only, no network, three serial ports,
+    and ``numa_nodes`` NUMA nodes (see ``numa_argv``)."""
     if any(c.isspace() for c in str(job)):
         raise ValueError(f"the job's path goes on the kernel command line: {job}")
     append = f"console=ttyS0 quiet panic=-1 kcm.cgroup={cgroup} kcm.job={job}"
@@ -131,6 +158,7 @@ def qemu_argv(
         "-serial", f"file:{ports / 'status'}",
         "-virtfs",
         "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        *numa_argv(smp, memory_mb, numa_nodes),
     ]  # fmt: skip
 
 
@@ -176,6 +204,7 @@ def run_in_guest(
     env: Mapping[str, str] | None = None,
     cwd: Path = CHECKOUT,
     timeout: float = 300.0,
+    numa_nodes: int = 1,
 ) -> GuestResult:
     """Boot the guest, run ``argv`` in it as root, and return what it did.
 
@@ -196,7 +225,13 @@ def run_in_guest(
         for port in ("console", "output", "status"):
             (ports / port).touch()
         argv_qemu = qemu_argv(
-            built, cgroup=cgroup, job=job, ports=ports, smp=smp, memory_mb=memory_mb
+            built,
+            cgroup=cgroup,
+            job=job,
+            ports=ports,
+            smp=smp,
+            memory_mb=memory_mb,
+            numa_nodes=numa_nodes,
         )
         with (ports / "qemu.log").open("wb") as log:
             started = time.monotonic()
@@ -255,6 +290,7 @@ def run_pytest_in_guest(
     memory_mb: int = 1024,
     env: Mapping[str, str] | None = None,
     timeout: float = 600.0,
+    numa_nodes: int = 1,
 ) -> GuestPytest:
     """Run pytest on ``paths`` in the guest; there only tests marked guest(cgroup) are selected."""
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args, *paths]
@@ -266,6 +302,7 @@ def run_pytest_in_guest(
         memory_mb=memory_mb,
         env=env,
         timeout=timeout,
+        numa_nodes=numa_nodes,
     )
     return GuestPytest(pytest_counts(result.status), result)
 
@@ -338,6 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kernel", choices=sorted(set(KERNEL_FOR.values())), help="series")
     parser.add_argument("--smp", type=int, default=4, help="vCPUs (default 4)")
     parser.add_argument("--memory", type=int, default=1024, help="MiB (default 1024)")
+    parser.add_argument(
+        "--numa", type=int, default=1, help="NUMA nodes sharing vCPUs and memory (default 1)"
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
     parser.add_argument(
         "--pytest",
@@ -369,6 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 smp=args.smp,
                 memory_mb=args.memory,
                 timeout=args.timeout,
+                numa_nodes=args.numa,
             ).result
         else:
             result = run_in_guest(
@@ -378,6 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 smp=args.smp,
                 memory_mb=args.memory,
                 timeout=args.timeout,
+                numa_nodes=args.numa,
             )
     except (GuestUnavailable, GuestError) as e:
         print(f"guest: {e}", file=sys.stderr)

@@ -20,6 +20,7 @@ from tests.guest.harness import (
     failure,
     guest_env,
     job_script,
+    numa_argv,
     pytest_counts,
     qemu_argv,
     require_guest,
@@ -287,6 +288,25 @@ def test_qemu_shares_the_root_read_only_without_a_network(tmp_path: Path) -> Non
     serials = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-serial"]
     assert serials == [f"file:{tmp_path / port}" for port in ("console", "output", "status")]
     assert f"kcm.cgroup=v1 kcm.job={tmp_path / 'job.sh'}" in options["-append"]
+
+
+def test_numa_nodes_share_the_vcpus_and_memory_evenly() -> None:
+    assert numa_argv(4, 1024, 1) == []
+    assert numa_argv(4, 1024, 2) == [
+        "-object", "memory-backend-ram,id=mem0,size=512M",
+        "-numa", "node,nodeid=0,cpus=0-1,memdev=mem0",
+        "-object", "memory-backend-ram,id=mem1,size=512M",
+        "-numa", "node,nodeid=1,cpus=2-3,memdev=mem1",
+    ]  # fmt: skip
+    three = numa_argv(4, 1000, 3)
+    assert [a for a in three if a.startswith("node,")] == [
+        "node,nodeid=0,cpus=0-1,memdev=mem0",
+        "node,nodeid=1,cpus=2,memdev=mem1",
+        "node,nodeid=2,cpus=3,memdev=mem2",
+    ]
+    assert "memory-backend-ram,id=mem2,size=334M" in three  # the rest goes to the last
+    with pytest.raises(ValueError, match="a vCPU and 128 MiB each"):
+        numa_argv(1, 1024, 2)
 
 
 def test_a_job_path_with_a_space_cannot_go_on_the_kernel_command_line(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from kcm import __version__, commands
 from kcm.cli import HELP
-from tests.conftest import BIN, assert_one_error_line, kcm_env, run_kcm
+from tests.conftest import BIN, CGROUP_PARENT, assert_one_error_line, kcm_env, run_kcm
 from tests.fixtures.state import SEED_STATE, build_state
 
 
@@ -125,7 +125,7 @@ def test_install_gives_a_standalone_kcm(tmp_path: Path) -> None:
         [str(installed), "isolate", f"--conf-dir={here}", "--pool=infra", "echo $KCM_POOL"],
         capture_output=True,
         text=True,
-        env={**bare, "KCM_PROC_FS": "/proc"},
+        env={**bare, "KCM_PROC_FS": "/proc", "KCM_CGROUP_PARENT": CGROUP_PARENT},
         cwd="/",
     )
     assert (isolated.returncode, isolated.stdout) == (0, "infra\n"), isolated.stderr

@@ -229,3 +229,34 @@ def test_only_a_placement_option_loads_the_topology(box: Box) -> None:
     topology = {"kcm.placement", "kcm.topology", "kcm.host.sysfs", "dataclasses"}
     assert not loaded_modules(box) & topology
     assert loaded_modules(box, "--numa-node=0") >= topology
+
+
+@pytest.mark.guest("v2")
+def test_on_a_kernel_of_two_nodes_the_booking_binds_its_memory_to_the_lists_node(
+    tmp_path: Path,
+) -> None:
+    # The allowed case on real memory nodes: the v2 guest of tests/guest/test_boot.py has two
+    # (vCPUs 0-1 on node 0, 2-3 on node 1). No fake sysfs: the guest's own /sys.
+    nodes = sorted(p.name for p in Path("/sys/devices/system/node").glob("node[0-9]*"))
+    assert nodes == ["node0", "node1"], "boot the guest with two NUMA nodes (--numa 2)"
+    conf = str(tmp_path / "kcm")
+    init = run_kcm("init", f"--conf-dir={conf}", "--num-dp-cores=2", "--num-cp-cores=0")
+    assert init.code == 0, init.err
+    assert tree(conf)["dataplane/2"] == [] and tree(conf)["dataplane/3"] == []
+    parent = unique_parent()
+    env = kcm_env(KCM_PROC_FS="/proc", KCM_CGROUP_PARENT=parent)
+    probe = f'{PROBE}; cat "/sys/fs/cgroup$(sed -n "s/^0:://p" /proc/self/cgroup)/cpuset.mems"'
+    try:
+        for option, pool, expected in (
+            ("--numa-node=1", "dataplane", ["cpus=2 node=1", "Cpus_allowed_list: 2",
+                                            "Mems_allowed_list: 1", "1"]),
+            ("--numa-node=0", "infra", ["cpus=0-1 node=0", "Cpus_allowed_list: 0-1",
+                                        "Mems_allowed_list: 0", "0"]),
+        ):  # fmt: skip
+            result = run_kcm(
+                "isolate", f"--conf-dir={conf}", f"--pool={pool}", option, probe, env=env
+            )
+            assert (result.code, result.err) == (0, ""), result.err
+            assert lines(result.out) == expected
+    finally:
+        remove_parent(parent)

@@ -65,6 +65,7 @@ class Crasher:
         self.reference = ""
         self.durations: dict[str, float] = {}
         self.last_pid = 0  # the kcm the last trial killed
+        self.transient: list[str] = []  # what was outside a booking at first look, then gone
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -245,10 +246,24 @@ class Crasher:
         if left:
             self.report.count(f"{kind}_left_processes_running")
         where = {p.pid: p for p in placed(self.conf)}
-        for pid in left:
-            if pid not in where and os.path.exists(f"/proc/{pid}/cgroup"):  # not just exited
-                self.report.count("processes_outside_their_booking")
-                self.report.fail(f"trial {trial} ({kind}): PID {pid} runs outside any booking")
+        outside = [pid for pid in left if pid not in where]
+        if outside:
+            # A process that is exiting has left its cgroup before it shows as a zombie:
+            # look again a moment later, at the ones still alive.
+            seen = [f"{pid}: {describe(pid)}" for pid in outside]
+            time.sleep(0.1)
+            where = {p.pid: p for p in placed(self.conf)}
+            still = set(marked(MARK, mark))
+            transient = [pid for pid in outside if pid not in still or pid in where]
+            outside = [pid for pid in outside if pid in still and pid not in where]
+            if transient:
+                self.report.count("outside_at_first_look_then_gone", len(transient))
+                self.transient.extend(f"trial {trial}: {line}" for line in seen)
+        for pid in outside:
+            self.report.count("processes_outside_their_booking")
+            self.report.fail(
+                f"trial {trial} ({kind}): PID {pid} runs outside any booking: {describe(pid)}"
+            )
         for overlap in shared_cpus(list(where.values()), EXCLUSIVE):
             self.report.count("exclusive_cpus_shared")
             self.report.fail(f"trial {trial} ({kind}): {overlap}")
@@ -325,10 +340,26 @@ class Crasher:
         for kind in KINDS:
             self.report[f"{kind}_trials"] = done[kind]
             self.report[f"{kind}_killed_while_running"] = killed_running[kind]
+        for line in self.transient[:10]:
+            print(f"outside at first look: {line}", file=sys.stderr)
         leftovers = [n for n in os.listdir(self.init_parent) if n.startswith(".")]
         self.report["init_leftovers_at_end"] = len(leftovers)
         if leftovers:
             self.report.fail(f"init left {leftovers} beside its target")
+
+
+def describe(pid: int) -> str:
+    """A process as /proc shows it: command line, state and cgroups (for a failure)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+        with open(f"/proc/{pid}/cgroup") as f:
+            where = ";".join(line for line in f.read().splitlines() if "cpuset" in line)
+    except OSError as e:
+        return f"gone ({e.strerror})"
+    return f"{argv!r} state {state} {where}"
 
 
 def stress(workdir: str, trials: int, time_limit: float, seed: int) -> Report:

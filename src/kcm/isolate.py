@@ -325,7 +325,9 @@ def finish(
     except KcmError as e:
         _error(f"{e.message}; CPU list {booked.cpus} of pool {pool_name!r} stays booked")
         return
-    _hand_over(conf_dir, pool_name, booked, me, proc_root, backend, command_pgid)
+    from kcm import reclaim  # off the fast path: only a command's leftovers need it
+
+    reclaim.hand_over_at_exit(conf_dir, pool_name, booked, me, proc_root, backend, command_pgid)
 
 
 def _group_lives(pgid: int) -> bool:
@@ -336,50 +338,6 @@ def _group_lives(pgid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _hand_over(
-    conf_dir: str,
-    pool_name: str,
-    booked: Booked,
-    me: procfs.Stat,
-    proc_root: str,
-    backend: cgroups.Backend | None,
-    command_pgid: int,
-) -> None:
-    """The command left processes behind: the oldest of them takes the booking over."""
-    from kcm import holders, reclaim
-
-    state = StateDir(conf_dir)
-    try:
-        with state:
-            state.lock(RELEASE_PATIENCE * lock_timeout())
-            cl = state.read_pool(pool_name).cpu_lists.get(booked.cpus)
-            if cl is None or me.pid not in cl.tasks:
-                return  # someone else changed the list meanwhile; reconcile sees to it
-            look = reclaim.Look(proc_root)
-            bookings = [] if booked.booking is None else [booked.booking]
-            seen = reclaim.see(
-                state, look, backend, pool_name, cl, bookings=bookings, tasks=[me.pid]
-            )
-            seen.procs[me.pid] = holders.Proc(me.pid, False, me.start_time)  # kcm is leaving
-            if booked.booking is None:
-                name = holders.booking_name(me.pid, me.start_time)
-                seen.records[me.pid] = holders.Record(me.start_time, name, command_pgid)
-                members = procfs.group_members(proc_root, {command_pgid})[command_pgid]
-                seen.groups[command_pgid] = [stat.pid for stat in members]
-                for stat in members:
-                    seen.procs[stat.pid] = holders.Proc(stat.pid, True, stat.start_time)
-            plan = holders.plan(seen)
-            others = [pid for pid in cl.tasks if pid != me.pid]
-            plan.kept = [pid for pid in others if pid not in {h.pid for h in plan.hand_overs}]
-            names = state.hidden_names(pool_name, cl.cpus)
-            reclaim.write(state, pool_name, cl.cpus, plan, names)
-        if not plan.hand_overs and booked.booking is not None:
-            assert backend is not None
-            _remove_quietly(backend, booked.booking)  # they all exited meanwhile
-    except KcmError as e:
-        _say_release_failed(e, state, pool_name, booked.cpus, me.pid)
 
 
 class _Forwarder:

@@ -8,6 +8,7 @@ reconcile`` on every list.
 
 from __future__ import annotations
 
+from kcm.errors import KcmError
 from kcm.holders import Plan, Proc, Record, Seen, parse_record, plan
 from kcm.host import procfs
 from kcm.model import CpuList, Pool
@@ -16,6 +17,7 @@ from kcm.state import HEIR_PREFIX, OWNER_PREFIX, StateDir, parse_owner
 TYPE_CHECKING = False  # typing costs ms at start-up; mypy treats this name as True
 if TYPE_CHECKING:
     from kcm.host.cgroups import Backend, Booking
+    from kcm.isolate import Booked
 
 
 def record_pids(names: list[str], prefix: str) -> set[int]:
@@ -177,3 +179,49 @@ def handed_over(seen: Seen, pid: int) -> str | None:
     """The booking a task took over from the kcm isolate that made it, or None."""
     record = seen.records.get(pid)
     return None if record is None else record.booking
+
+
+def hand_over_at_exit(
+    conf_dir: str,
+    pool_name: str,
+    booked: Booked,
+    me: procfs.Stat,
+    proc_root: str,
+    backend: Backend | None,
+    command_pgid: int,
+) -> None:
+    """kcm isolate's command left processes behind: the oldest of them takes the booking
+    over (kcm's PID leaves the list for its, with a heir record); a failure is said on stderr
+    as a failed release is."""
+    from kcm import holders
+    from kcm.isolate import RELEASE_PATIENCE, _remove_quietly, _say_release_failed
+    from kcm.state import lock_timeout
+
+    state = StateDir(conf_dir)
+    try:
+        with state:
+            state.lock(RELEASE_PATIENCE * lock_timeout())
+            cl = state.read_pool(pool_name).cpu_lists.get(booked.cpus)
+            if cl is None or me.pid not in cl.tasks:
+                return  # someone else changed the list meanwhile; reconcile sees to it
+            look = Look(proc_root)
+            bookings = [] if booked.booking is None else [booked.booking]
+            seen = see(state, look, backend, pool_name, cl, bookings=bookings, tasks=[me.pid])
+            seen.procs[me.pid] = holders.Proc(me.pid, False, me.start_time)  # kcm is leaving
+            if booked.booking is None:
+                name = holders.booking_name(me.pid, me.start_time)
+                seen.records[me.pid] = holders.Record(me.start_time, name, command_pgid)
+                members = procfs.group_members(proc_root, {command_pgid})[command_pgid]
+                seen.groups[command_pgid] = [stat.pid for stat in members]
+                for stat in members:
+                    seen.procs[stat.pid] = holders.Proc(stat.pid, True, stat.start_time)
+            plan = holders.plan(seen)
+            others = [pid for pid in cl.tasks if pid != me.pid]
+            plan.kept = [pid for pid in others if pid not in {h.pid for h in plan.hand_overs}]
+            names = state.hidden_names(pool_name, cl.cpus)
+            write(state, pool_name, cl.cpus, plan, names)
+        if not plan.hand_overs and booked.booking is not None:
+            assert backend is not None
+            _remove_quietly(backend, booked.booking)  # they all exited meanwhile
+    except KcmError as e:
+        _say_release_failed(e, state, pool_name, booked.cpus, me.pid)

@@ -397,10 +397,10 @@ KILL_POINTS = (
     "unlinkat",
     "rmdir",
 )
-# In the guest (cgroup v2 under TCG, ~10 times slower) the cgroup's own points: the levels,
-# the cgroup writes and the move, the spawn, the wait and the removal; the state file's (the
-# same on both) are killed at here, on v1.
-KILL_POINTS_V2 = ("mkdir", "write", "clone3", "vfork", "waitid", "rmdir")
+# In the guest (cgroup v2 under TCG, ~10 times slower) the points up to the wait and the move
+# back out of the booking: the levels, the cgroup writes, the move in, the state file's write,
+# the spawn; what follows (release, removal) is the same code on both, killed at here on v1.
+KILL_POINTS_V2 = ("mkdir", "write", "clone3", "vfork", "waitid")
 MARK = "KCM_TEST_KILL_MARK"
 
 
@@ -449,6 +449,9 @@ def test_kill_9_at_every_system_call_of_isolate_leaves_nothing_reconcile_cannot_
     # Up to kcm's wait for the command, the command is one that outlives kcm (so a kill there
     # leaves it running, and holding the list); after it, one that has ended (kcm gets on).
     waited = calls.index("waitid")
+    if host.backend.kind == "v2":
+        calls = calls[: waited + 2]  # up to the move back out, the call after the wait
+        counts = {name: calls.count(name) for name in points}
     trials = outcomes = 0
     seen: dict[str, int] = {}
     for name, count in counts.items():

@@ -75,6 +75,8 @@ TYPE_CHECKING = False  # typing costs ms at start-up; mypy treats this name as T
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from kcm.host.cgroups.survey import Scan
+
 CGROUP_FS_ENV = "KCM_CGROUP_FS"
 CGROUP_PARENT_ENV = "KCM_CGROUP_PARENT"
 DEFAULT_CGROUP_FS = "/sys/fs/cgroup"
@@ -119,25 +121,6 @@ class Booking:
 
     def __repr__(self) -> str:
         return f"Booking{self._key()!r}"
-
-
-class Scan:
-    """What ``scan()`` found under a state's subtree.
-
-    ``bookings``: every well-named booking cgroup (``<pool>/<cpu list>/<pid>-<start>``).
-    ``strays``: paths (relative to the subtree) of cgroups kcm did not make: directories whose
-    name no pool, CPU list or booking has, and levels above the bookings that hold processes
-    themselves (v1 allows it; kcm never does it), the state's own level as ``.``.
-    """
-
-    __slots__ = ("bookings", "strays")
-
-    def __init__(self, bookings: list[Booking], strays: list[str]) -> None:
-        self.bookings = bookings
-        self.strays = strays
-
-    def __repr__(self) -> str:
-        return f"Scan({self.bookings!r}, {self.strays!r})"
 
 
 class Unavailable:
@@ -477,19 +460,6 @@ class Backend:
                     raise CgroupError(f"cannot move kcm back to {target}: {why(e)}") from None
             parts.pop()
 
-    def set_cpuset(
-        self, booking: Booking, cpus: str | None = None, mems: str | None = None
-    ) -> None:
-        """Change a booking's CPUs and/or memory nodes (v1: within its list's level)."""
-        path = self.path(booking)
-        for name, value in (("cpuset.cpus", cpus), ("cpuset.mems", mems)):
-            if value is None:
-                continue
-            try:
-                write_file(f"{path}/{name}", value)
-            except OSError as e:
-                raise CgroupError(f"cannot set {path}/{name} to {value}: {why(e)}") from None
-
     def remove(self, booking: Booking) -> bool:
         """Remove the booking's cgroup if it is empty; whether it is gone.
 
@@ -497,21 +467,6 @@ class Backend:
         process is never removed: the kernel refuses (EBUSY) and the answer is False.
         """
         return self._remove_tree(self.path(booking))
-
-    def bookings(self, pool: str, cpu_list: str) -> list[Booking]:
-        """The well-named booking cgroups under a list's level (one listing), by name."""
-        found = []
-        try:
-            entries = sorted(_child_dirs(self.list_path(pool, cpu_list)), key=lambda e: e.name)
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        except OSError as e:
-            raise CgroupError(f"cannot read {self.list_path(pool, cpu_list)}: {why(e)}") from None
-        for entry in entries:
-            ids = parse_booking_name(entry.name)
-            if ids is not None:
-                found.append(Booking(pool, cpu_list, ids[0], ids[1]))
-        return found
 
     def reclaim(self, pool: str, cpu_list: str) -> bool:
         """Remove every empty booking cgroup of a list; whether none is left (the list is
@@ -571,61 +526,39 @@ class Backend:
         """Whether any process lives in the cgroup at ``path`` or below it."""
         return bool(self.pids(path))
 
+    # -- what reconcile (and describe's readers) need: in ``survey``, loaded on first use
+
     def scan(self) -> Scan:
         """Every booking cgroup under the state's subtree, and the strays (see ``Scan``)."""
-        bookings: list[Booking] = []
-        strays: list[str] = []
-        for pool in self._levels(self.subtree, strays, ""):
-            pool_rel = pool.name
-            if not _is_pool_name(pool.name):
-                strays.append(pool_rel)
-                continue
-            for cl in self._levels(pool.path, strays, pool_rel):
-                cl_rel = f"{pool_rel}/{cl.name}"
-                if not is_list_name(cl.name):
-                    strays.append(cl_rel)
-                    continue
-                for entry in self._levels(cl.path, strays, cl_rel):
-                    ids = parse_booking_name(entry.name)
-                    if ids is None:
-                        strays.append(f"{cl_rel}/{entry.name}")
-                    else:
-                        bookings.append(Booking(pool.name, cl.name, ids[0], ids[1]))
-        return Scan(bookings, strays)
+        from kcm.host.cgroups import survey
 
-    def _levels(self, path: str, strays: list[str], rel: str) -> list[os.DirEntry[str]]:
-        """The sub-cgroups of a level; the level itself is a stray if it holds processes."""
-        procs = read_level_file(path, "cgroup.procs")
-        try:
-            children = sorted(_child_dirs(path), key=lambda entry: entry.name)
-        except FileNotFoundError:
-            return []
-        except OSError as e:
-            raise CgroupError(f"cannot read {path}: {why(e)}") from None
-        if procs:
-            strays.append(rel or ".")
-        return children
+        return survey.scan(self)
 
     def prune(self) -> int:
-        """Remove the empty levels (lists, pools, the state's own) that hold no booking; how many.
+        """Remove the empty levels (lists, pools, the state's own) that hold no booking; how
+        many (see ``survey.prune``)."""
+        from kcm.host.cgroups import survey
 
-        Bookings are never touched (an empty one may be about to be entered), nor ``<parent>``.
-        A creator that loses a level to this makes it again (see ``create``).
-        """
-        removed = 0
-        try:
-            pools = list(_child_dirs(self.subtree))
-        except FileNotFoundError:
-            return 0
-        for pool in pools:
-            try:
-                lists = list(_child_dirs(pool.path))
-            except FileNotFoundError:
-                continue
-            for cl in lists:
-                removed += _rmdir_if_idle(cl.path)
-            removed += _rmdir_if_idle(pool.path)
-        return removed + _rmdir_if_idle(self.subtree)
+        return survey.prune(self)
+
+    def bookings(self, pool: str, cpu_list: str) -> list[Booking]:
+        """The well-named booking cgroups under a list's level (one listing), by name."""
+        from kcm.host.cgroups import survey
+
+        return survey.bookings(self, pool, cpu_list)
+
+    def set_cpuset(
+        self, booking: Booking, cpus: str | None = None, mems: str | None = None
+    ) -> None:
+        """Change a booking's CPUs and/or memory nodes (v1: within its list's level)."""
+        from kcm.host.cgroups import survey
+
+        survey.set_cpuset(self, booking, cpus, mems)
+
+    def booking_of(self, proc_root: str, pid: int) -> Booking | None:
+        """The booking of this state that holds ``pid``, or None."""
+        where = self.cgroup_of(proc_root, pid)
+        return None if where is None else booking_at(where, self.parent, self.state_id)
 
     def cgroup_of(self, proc_root: str, pid: int | str) -> str | None:
         """Where ``pid`` (or ``"self"``) is in this hierarchy, from ``<proc_root>/<pid>/cgroup``;
@@ -637,21 +570,6 @@ class Backend:
         except OSError as e:
             raise CgroupError(f"cannot read {proc_root}/{pid}/cgroup: {why(e)}") from None
         return parse_proc_cgroup(text, self.kind)
-
-    def booking_of(self, proc_root: str, pid: int) -> Booking | None:
-        """The booking of this state that holds ``pid``, or None."""
-        where = self.cgroup_of(proc_root, pid)
-        return None if where is None else booking_at(where, self.parent, self.state_id)
-
-
-def _rmdir_if_idle(path: str) -> int:
-    try:
-        os.rmdir(path)
-        return 1
-    except OSError as e:
-        if e.errno in (errno.EBUSY, errno.ENOTEMPTY, errno.ENOENT):
-            return 0
-        raise CgroupError(f"cannot remove {path}: {why(e)}") from None
 
 
 def same_cpus(a: str, b: str) -> bool:

@@ -148,9 +148,9 @@ def main() -> int:
     print("| the list was | first isolate after (median ms) | vs a free list |")
     print("| --- | ---: | ---: |")
     print(f"| free (released by its kcm) | {free:.2f} | 1.00x |")
-    for way in ("leftover", "orphan"):
+    for way, article in (("leftover", "a"), ("orphan", "an")):
         ms = statistics.median(samples[way]) * 1000
-        print(f"| held by a {way}, just dead | {ms:.2f} | {ms / free:.2f}x |")
+        print(f"| held by {article} {way}, just dead | {ms:.2f} | {ms / free:.2f}x |")
     return 0
 
 

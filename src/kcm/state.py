@@ -536,6 +536,18 @@ class StateReader:
         finally:
             os.close(fd)
 
+    def read_hidden(self, name: str) -> str | None:
+        """The text of the hidden file ``name`` at the top of the state (``.shield.json``, say);
+        ``None`` if there is none. Vetted and bounded like every file kcm reads there."""
+        if not name.startswith(".") or name.startswith(TMP_PREFIX) or "/" in name:
+            raise AssertionError(name)
+        try:
+            return _read_small(self._fd, name, f"{self.path}/{name}", self._trust)
+        except StateError:
+            if not os.path.lexists(f"{self.path}/{name}"):
+                return None
+            raise
+
 
 class StateDir(StateReader):
     """An existing state directory opened to change it: the exclusive lock and the writes.
@@ -687,6 +699,46 @@ class StateDir(StateReader):
             _sync(fd, base)
         finally:
             os.close(fd)
+
+    def write_hidden(self, name: str, data: str) -> None:
+        """Replace the hidden file ``name`` at the top of the state, atomically and durably;
+        first remove the temp files of ``name`` that killed writers left."""
+        if not name.startswith(".") or name.startswith(TMP_PREFIX) or "/" in name:
+            raise AssertionError(name)
+        self.check_lock_held()
+        path = f"{self.path}/{name}"
+        try:
+            for entry in os.listdir(self._fd):
+                # .tmp-<pid>-<n>-<name>, see atomic_write; the lock keeps live writers out.
+                pid, _, rest = entry[len(TMP_PREFIX) :].partition("-")
+                if (
+                    entry.startswith(TMP_PREFIX)
+                    and rest.partition("-")[2] == name
+                    and pid.isdigit()
+                    and not _pid_alive(int(pid))
+                ):
+                    try:
+                        os.unlink(entry, dir_fd=self._fd)
+                    except FileNotFoundError:
+                        pass
+            atomic_write(self._fd, name, data)
+        except OSError as e:
+            raise StateError(f"cannot write {path}: {_why(e)}") from None
+        self.writes += 1
+
+    def remove_hidden_file(self, name: str) -> None:
+        """Remove the hidden file ``name`` at the top of the state, durably; gone is fine."""
+        if not name.startswith(".") or name.startswith(TMP_PREFIX) or "/" in name:
+            raise AssertionError(name)
+        self.check_lock_held()
+        try:
+            os.unlink(name, dir_fd=self._fd)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise StateError(f"cannot remove {self.path}/{name}: {_why(e)}") from None
+        self.writes += 1
+        _sync(self._fd, self.path)
 
 
 def _sync(fd: int, path: str) -> None:

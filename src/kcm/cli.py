@@ -35,6 +35,7 @@ VALUE_OPTIONS = {
         "--reconcile-interval",
     ),
     "metrics": ("--conf-dir", "--listen", "--textfile"),
+    "audit": ("--conf-dir", "--interval", "--output"),
 }
 FLAGS = {
     "init": ("--keep-existing", "--quiet"),
@@ -62,9 +63,11 @@ DEFAULTS = {
         "--reconcile-interval": "60",
     },
     "metrics": {"--conf-dir": "/etc/kcm"},
+    "audit": {"--conf-dir": "/etc/kcm", "--interval": "1", "--output": "table"},
 }
 SHORT = {
     "describe": {"-o": "--output"},
+    "audit": {"-o": "--output"},
 }
 REQUIRED = {
     "isolate": ("--pool",),
@@ -86,6 +89,7 @@ RUN = {
     "install": "kcm.cli:run_install",
     "cluster-init": "kcm.cli:run_cluster_init",
     "metrics": "kcm.cli:run_metrics",
+    "audit": "kcm.cli:run_audit",
     "completion": "kcm.cli:run_completion",
     "help": "kcm.cli:run_help",
 }
@@ -299,6 +303,14 @@ def run_cluster_init(args: Args) -> int:
 
     options = {name: args.get(name) for name in VALUE_OPTIONS["cluster-init"]}
     return cluster.main(options, example_workload=args.flag("--example-workload"))
+
+
+def run_audit(args: Args) -> int:
+    from kcm.fence import command
+
+    return command.main(
+        args.get("--conf-dir"), seconds_option(args, "--interval"), args.get("--output")
+    )
 
 
 def run_help(args: Args) -> int:

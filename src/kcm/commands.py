@@ -178,6 +178,10 @@ PID_NAMESPACE = Env(
     "use a KCM_PROC_FS of another PID namespace than the host's (its PID 2 is not kthreadd)",
 )
 DEBUG = Env("KCM_DEBUG=1", "show a traceback on errors")
+CGROUP_FS = Env("KCM_CGROUP_FS", "the cgroup root [default: /sys/fs/cgroup]")
+CGROUP_PARENT = Env(
+    "KCM_CGROUP_PARENT", "where the bookings' cgroups are, below the cgroup root [default: kcm]"
+)
 
 EXIT_OK = Exit("0", "success")
 EXIT_USAGE = Exit("2", "usage error (the message says what to change)")
@@ -415,6 +419,53 @@ COMMANDS: tuple[Command, ...] = (
                 "cannot listen on --listen's address or write --textfile's file, or no"
                 " prometheus_client",
             ),
+        ),
+    ),
+    Command(
+        "audit",
+        "show what threads and IRQs intrude on the dataplane CPUs, and how they are fenced",
+        usage=(
+            "kcm audit [--conf-dir=<dir>] [--interval=<seconds>] [-o <format> | --output=<format>]",
+        ),
+        run="kcm.cli:run_audit",
+        options=(
+            CONF_DIR,
+            Option(
+                "--interval", "watch the dataplane CPUs for <seconds>", "<seconds>", default="1"
+            ),
+            Option(
+                "--output",
+                "table (for people) or json (for scripts)",
+                "<format>",
+                default="table",
+                short="-o",
+                values=("table", "json"),
+            ),
+        ),
+        env=(
+            Env("KCM_PROC_FS", "procfs to read the threads and IRQs from [default: /proc]"),
+            Env(
+                "KCM_SYS_FS",
+                "sysfs to read the boot isolation and workqueue mask from [default: /sys]",
+            ),  # fmt: skip
+            CGROUP_FS,
+            CGROUP_PARENT,
+            LOCK_TIMEOUT,
+            SHARED_STATE,
+            DEBUG,
+        ),
+        exits=(
+            Exit("0", "no thread and no IRQ intrudes on a dataplane CPU"),
+            Exit("1", "a thread or an IRQ intrudes on a dataplane CPU"),
+            EXIT_USAGE,
+            Exit("3", "no exclusive dataplane pool, a bad state directory or shield record"),
+            EXIT_LOCK,
+            Exit("6", "an unreadable or malformed /proc, /sys or cgroup file"),
+        ),
+        notes=(
+            "It only reads. Kernel threads bound to a CPU by design, kernel threads the kernel"
+            " will not move that were not seen running there, and IRQs steered off that have"
+            " not fired since are listed apart, not as intruders.",
         ),
     ),
     Command(

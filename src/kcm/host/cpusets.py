@@ -1,0 +1,143 @@
+"""The cpuset tree under a cgroup root, read only: which hierarchy holds cpuset (v1 or v2),
+each cpuset's CPUs, load balancing (v1) and partition (v2). Nothing here writes.
+
+Booking cgroups are ``kcm.host.cgroups``' business; this is the whole-tree view the fence
+needs to judge load balancing and to plan the shield.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from kcm import cpulist
+from kcm.errors import ParseError
+from kcm.host.threads import read_text
+
+
+def cgroup_root() -> str:
+    """The cgroup root kcm reads: ``$KCM_CGROUP_FS``, else ``/sys/fs/cgroup``."""
+    return os.environ.get("KCM_CGROUP_FS") or "/sys/fs/cgroup"
+
+
+@dataclass(frozen=True, slots=True)
+class Cpuset:
+    """One cgroup of the cpuset hierarchy, as read. ``path`` is ``/`` for the root.
+
+    ``cpus`` is ``cpuset.cpus`` exactly as the kernel printed it (v2: empty means "what the
+    parent has"); ``effective`` the CPUs it really has. v1 only: ``load_balance``
+    (``cpuset.sched_load_balance``) and ``cpu_exclusive``. v2 only: ``partition``
+    (``member``, ``root``, ``isolated``, or ``... invalid (why)``) and ``exclusive``
+    (``cpuset.cpus.exclusive``, kernel 6.7 and later). ``None`` where the file is absent.
+    """
+
+    path: str
+    cpus: str
+    effective: frozenset[int]
+    mems: str | None = None
+    load_balance: bool | None = None
+    cpu_exclusive: bool | None = None
+    partition: str | None = None
+    exclusive: str | None = None
+
+    @property
+    def isolated_partition(self) -> bool:
+        """A valid v2 isolated partition: no load balancing on its CPUs."""
+        return self.partition == "isolated"
+
+
+@dataclass(frozen=True, slots=True)
+class CpusetTree:
+    """The cpuset hierarchy: ``version`` ``v1`` or ``v2``, its mount, every cpuset (parents
+    before children) and, on v2, the root's ``cpuset.cpus.isolated`` where the kernel has it."""
+
+    version: str
+    mount: str
+    cpusets: tuple[Cpuset, ...]
+    isolated: frozenset[int] | None = None
+
+    def covering(self, cpu: int) -> list[Cpuset]:
+        return [cs for cs in self.cpusets if cpu in cs.effective]
+
+
+def _file(base: str, name: str, prefixed: bool) -> str | None:
+    text = read_text(f"{base}/{'cpuset.' if prefixed else ''}{name}")
+    return None if text is None else text.strip()
+
+
+def _flag(text: str | None) -> bool | None:
+    return None if text is None else text == "1"
+
+
+def find_hierarchy(root: str) -> tuple[str, str, bool] | None:
+    """(version, mount, prefixed) of the hierarchy holding cpuset under ``root``, or ``None``.
+
+    v1: ``<root>/cpuset`` (as systemd and most distributions mount it), or ``root`` itself
+    being the cpuset mount; files may lack the ``cpuset.`` prefix (``mount -t cpuset``).
+    v2: ``root`` is the unified hierarchy and lists cpuset in ``cgroup.controllers``.
+    """
+    for mount in (f"{root}/cpuset", root):
+        for prefixed in (True, False):
+            lb = "cpuset.sched_load_balance" if prefixed else "sched_load_balance"
+            if os.path.exists(f"{mount}/{lb}"):
+                return ("v1", mount, prefixed)
+    controllers = read_text(f"{root}/cgroup.controllers")
+    if controllers is not None and "cpuset" in controllers.split():
+        return ("v2", root, True)
+    return None
+
+
+def read_tree(root: str) -> CpusetTree | None:
+    """The cpuset tree under the cgroup root ``root``; ``None`` if no hierarchy holds cpuset.
+
+    A cgroup removed while the tree is walked is skipped; malformed content is a ParseError.
+    """
+    found = find_hierarchy(root)
+    if found is None:
+        return None
+    version, mount, prefixed = found
+    cpusets: list[Cpuset] = []
+    for dirpath, dirnames, _ in os.walk(mount):
+        dirnames.sort()
+        rel = "/" + os.path.relpath(dirpath, mount) if dirpath != mount else "/"
+        cs = _read_cpuset(dirpath, rel, version, prefixed)
+        if cs is not None:
+            cpusets.append(cs)
+    isolated = None
+    if version == "v2":
+        text = read_text(f"{mount}/cpuset.cpus.isolated")
+        isolated = None if text is None else cpulist.parse(text)
+    return CpusetTree(version, mount, tuple(cpusets), isolated)
+
+
+def _read_cpuset(base: str, rel: str, version: str, prefixed: bool) -> Cpuset | None:
+    if version == "v1":
+        cpus = _file(base, "cpus", prefixed)
+        if cpus is None:
+            return None
+        effective = _file(base, "effective_cpus", prefixed)
+        return Cpuset(
+            path=rel,
+            cpus=cpus,
+            effective=cpulist.parse(cpus if effective is None else effective),
+            mems=_file(base, "mems", prefixed),
+            load_balance=_flag(_file(base, "sched_load_balance", prefixed)),
+            cpu_exclusive=_flag(_file(base, "cpu_exclusive", prefixed)),
+        )
+    # v2: the root has no cpuset.cpus, only cpuset.cpus.effective; a child has cpuset files
+    # only where its parent enabled the controller.
+    effective = _file(base, "cpus.effective", True)
+    if effective is None:
+        return None
+    cpus = _file(base, "cpus", True)
+    try:
+        return Cpuset(
+            path=rel,
+            cpus="" if cpus is None else cpus,
+            effective=cpulist.parse(effective),
+            mems=_file(base, "mems", True),
+            partition=_file(base, "cpus.partition", True),
+            exclusive=_file(base, "cpus.exclusive", True),
+        )
+    except ParseError as e:
+        raise ParseError(f"{base}: {e}") from None

@@ -281,8 +281,10 @@ class _Builder:
     def _booked(self, task: TaskView) -> bool:
         return task.pid in self.view.bookings
 
-    def _kernel_refuses(self, task: TaskView, *, report: bool = True) -> bool:
-        if not (task.no_setaffinity or task.kthreadd):
+    def _kernel_refuses(self, task: TaskView, *, report: bool = True, moving: bool = True) -> bool:
+        """Whether the kernel refuses to move ``task`` to another cgroup (``moving``) or to
+        change its affinity; reports those that span a dataplane CPU."""
+        if not (task.no_setaffinity or (moving and task.kthreadd)):
             return False
         allowed = _parse_cpus(task.allowed)
         if task.kernel and len(allowed) == 1:
@@ -290,7 +292,8 @@ class _Builder:
         if report and not allowed.isdisjoint(self.dataplane) and task.tid not in self.reported:
             self.reported.add(task.tid)
             why = (
-                "the kernel refuses to move kthreadd"
+                "the kernel refuses to move kthreadd out of the root cgroup; the kernel threads"
+                " it starts later begin there, and reconcile moves them while shielded"
                 if task.kthreadd
                 else "PF_NO_SETAFFINITY: the kernel refuses to move it; unbound workqueue"
                 " workers follow the workqueue cpumask"
@@ -304,7 +307,7 @@ class _Builder:
         """Affinity changes for movable threads allowed on a dataplane CPU; ``which`` picks."""
         assert callable(which)
         for task in self.view.tasks:
-            if self._booked(task) or not which(task) or self._kernel_refuses(task):
+            if self._booked(task) or not which(task) or self._kernel_refuses(task, moving=False):
                 continue
             allowed = _parse_cpus(task.allowed)
             if allowed.isdisjoint(self.dataplane):
@@ -403,11 +406,27 @@ class _Builder:
         narrowed: dict[str, frozenset[int]] = {}
         requested = {cs.path: _requested(cg, cs.path, online) for cs in cg.cpusets}
         foreign = [cs for cs in cg.cpusets if self._foreign(cg, cs.path, system)]
+        stuck: set[str] = set()  # cpusets that keep dataplane CPUs, and so their parents
         for cs in sorted(foreign, key=lambda c: (-_depth(c.path), c.path)):
             cpus = requested[cs.path]
-            if not cpus.isdisjoint(self.dataplane) and self._narrow(cg, cs, cpus):
+            if cpus.isdisjoint(self.dataplane):
+                continue
+            held = sorted(p for p in stuck if _parent(p) == cs.path)
+            if held:
+                self.refuse(
+                    f"cpuset {cs.path}",
+                    f"its child {held[0]} keeps dataplane CPUs, and cgroup v1 wants a child's"
+                    " CPUs within its parent's",
+                )
+                stuck.add(cs.path)
+            elif self._narrow(cg, cs, cpus):
                 narrowed[cs.path] = cpus - self.dataplane
+            else:
+                stuck.add(cs.path)
         moved = [t for t in self.view.tasks if t.cgroup == "/"]
+        for task in moved:
+            if not self._booked(task):
+                self._kernel_refuses(task)  # reports the kernel threads that stay
         self._pins(cg, moved_from={"/"}, narrowed=set(narrowed), everywhere=False)
         keep = tuple(sorted({t.pid for t in moved if self._booked(t)}))
         self.changes.append(

@@ -68,7 +68,10 @@ def test_kill_9_while_saving_never_leaves_a_torn_record(tmp_path: Path) -> None:
     rng = random.Random(11)
     for _ in range(8):
         proc = subprocess.Popen([sys.executable, "-c", SAVER, conf])
-        time.sleep(0.3 + rng.random() * 0.3)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(f"{conf}/{record.NAME}") and time.monotonic() < deadline:
+            time.sleep(0.01)  # the first round: until the writer has started saving
+        time.sleep(rng.random() * 0.3)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         loaded = store.load()  # parses, whole

@@ -348,3 +348,14 @@ def test_shield_phase_is_reported(tmp_path: Path) -> None:
     Path(conf, record.NAME).write_text(record.to_text(rec))
     code, out, _ = run_audit_cli(host, f"--conf-dir={conf}", "--interval=0.01", "--output=json")
     assert (code, json.loads(out)["shield"]) == (0, "shielded")
+
+
+def test_cli_an_unreadable_thread_is_an_error_not_a_clean_host(tmp_path: Path) -> None:
+    host = fenced_host(str(tmp_path))
+    conf = state_for(tmp_path)
+    status = Path(host.proc, "50/task/51/status")
+    status.unlink()
+    status.mkdir()  # reading a directory fails with EISDIR, as an unreadable file would
+    result = run_kcm("audit", f"--conf-dir={conf}", "--interval=0.01", env=kcm_env(**host.env()))
+    assert_one_error_line(result, "cannot read", "50/task/51/status")
+    assert result.code == 6

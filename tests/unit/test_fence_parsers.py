@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from kcm import cpulist
@@ -187,3 +189,30 @@ def test_hex_masks_as_the_kernel_prints_them() -> None:
         cpulist.parse_mask("xyz")
     with pytest.raises(ParseError):
         cpulist.parse_mask("")
+
+
+def test_find_hierarchy_of_v1_v2_and_hybrid_hosts(tmp_path: Path) -> None:
+    from kcm.host.cpusets import find_hierarchy
+
+    v1 = tmp_path / "v1"
+    (v1 / "cpuset").mkdir(parents=True)
+    (v1 / "cpuset/cpuset.sched_load_balance").write_text("1\n")
+    (v1 / "unified").mkdir()
+    (v1 / "unified/cgroup.controllers").write_text("memory pids\n")
+    assert find_hierarchy(str(v1)) == ("v1", f"{v1}/cpuset", True)
+    noprefix = tmp_path / "noprefix"
+    noprefix.mkdir()
+    (noprefix / "sched_load_balance").write_text("1\n")
+    assert find_hierarchy(str(noprefix)) == ("v1", str(noprefix), False)
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cgroup.controllers").write_text("cpuset cpu io memory\n")
+    assert find_hierarchy(str(v2)) == ("v2", str(v2), True)
+    hybrid = tmp_path / "hybrid"
+    (hybrid / "unified").mkdir(parents=True)
+    (hybrid / "unified/cgroup.controllers").write_text("cpuset memory\n")
+    assert find_hierarchy(str(hybrid)) == ("v2", f"{hybrid}/unified", True)
+    none = tmp_path / "none"
+    none.mkdir()
+    (none / "cgroup.controllers").write_text("memory pids\n")
+    assert find_hierarchy(str(none)) is None

@@ -74,16 +74,18 @@ def find_hierarchy(root: str) -> tuple[str, str, bool] | None:
 
     v1: ``<root>/cpuset`` (as systemd and most distributions mount it), or ``root`` itself
     being the cpuset mount; files may lack the ``cpuset.`` prefix (``mount -t cpuset``).
-    v2: ``root`` is the unified hierarchy and lists cpuset in ``cgroup.controllers``.
+    v2: ``root`` (or ``<root>/unified`` on a hybrid host) is the unified hierarchy and lists
+    cpuset in ``cgroup.controllers``. The same order as ``kcm.host.cgroups.find_hierarchy``.
     """
     for mount in (f"{root}/cpuset", root):
         for prefixed in (True, False):
             lb = "cpuset.sched_load_balance" if prefixed else "sched_load_balance"
             if os.path.exists(f"{mount}/{lb}"):
                 return ("v1", mount, prefixed)
-    controllers = read_text(f"{root}/cgroup.controllers")
-    if controllers is not None and "cpuset" in controllers.split():
-        return ("v2", root, True)
+    for mount in (root, f"{root}/unified"):  # the second: a hybrid host's unified hierarchy
+        controllers = read_text(f"{mount}/cgroup.controllers")
+        if controllers is not None and "cpuset" in controllers.split():
+            return ("v2", mount, True)
     return None
 
 

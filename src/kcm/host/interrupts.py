@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 
 from kcm import cpulist
-from kcm.errors import ParseError
+from kcm.errors import EnvironmentProblem, ParseError
 from kcm.host.threads import read_text
 
 _S_IWUSR = 0o200
@@ -164,6 +164,8 @@ def read_irq(root: str, irq: int) -> IrqAffinity | None:
             names = sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
     except FileNotFoundError:
         return None
+    except OSError as e:
+        raise EnvironmentProblem(f"cannot read {base}: {e.strerror}") from None
     return IrqAffinity(
         irq=irq,
         allowed=cpulist.parse(allowed_text),

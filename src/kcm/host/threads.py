@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from kcm import cpulist
-from kcm.errors import ParseError
+from kcm.errors import EnvironmentProblem, ParseError
 
 # task->flags bits (include/linux/sched.h), as /proc/<pid>/stat field 9 shows them.
 PF_KTHREAD = 0x00200000
@@ -157,7 +157,9 @@ def parse_cgroup(text: str) -> str:
 
 
 def read_text(path: str) -> str | None:
-    """The text of a small kernel file; ``None`` if it (or its thread) is gone.
+    """The text of a small kernel file; ``None`` if it (or its thread) is gone. Any other
+    failure is an EnvironmentProblem naming the file: an audit that cannot read a thread
+    must not call the host clean.
 
     One open, one read, one close: the audit reads tens of thousands of these.
     """
@@ -165,6 +167,8 @@ def read_text(path: str) -> str | None:
         fd = os.open(path, _READ_FLAGS)
     except _GONE:
         return None
+    except OSError as e:
+        raise EnvironmentProblem(f"cannot read {path}: {e.strerror}") from None
     try:
         chunks = []
         while True:
@@ -179,7 +183,7 @@ def read_text(path: str) -> str | None:
     except OSError as e:
         if e.errno == 3:  # ESRCH: the thread exited between open and read
             return None
-        raise
+        raise EnvironmentProblem(f"cannot read {path}: {e.strerror}") from None
     finally:
         os.close(fd)
     return b"".join(chunks).decode("utf-8", "replace")
@@ -198,6 +202,8 @@ def list_tids(root: str, pid: int) -> list[int]:
             return [int(e.name) for e in it if e.name.isdigit() and e.name.isascii()]
     except _GONE:
         return []
+    except OSError as e:
+        raise EnvironmentProblem(f"cannot list {root}/{pid}/task: {e.strerror}") from None
 
 
 def task_path(root: str, pid: int, tid: int, name: str) -> str:

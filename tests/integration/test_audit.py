@@ -359,3 +359,18 @@ def test_cli_an_unreadable_thread_is_an_error_not_a_clean_host(tmp_path: Path) -
     result = run_kcm("audit", f"--conf-dir={conf}", "--interval=0.01", env=kcm_env(**host.env()))
     assert_one_error_line(result, "cannot read", "50/task/51/status")
     assert result.code == 6
+
+
+def test_a_thread_that_moves_onto_the_cpu_during_the_interval_is_read_in_full(
+    tmp_path: Path,
+) -> None:
+    host = fenced_host(str(tmp_path))
+    conf = state_for(tmp_path)
+
+    def wander() -> None:  # sshd's second thread, allowed 0-2, is seen on CPU 3 at the end
+        host.threads[51].processor = 3
+        host.threads[51].runtime_ns += 10**6
+        host.threads[51].migrations += 1
+
+    (cpu,) = audit_in_process(host, conf, wander).cpus  # type: ignore[attr-defined]
+    assert [(t.tid, t.ran, t.cgroup) for t in cpu.threads] == [(51, Ran.YES, "/kcm-system")]

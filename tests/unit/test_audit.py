@@ -84,6 +84,9 @@ def _range(part: str) -> range:
             Ran.NO,
         ),
         ("born during the interval, there", None, thread(3, 90, 0), Ran.YES),
+        # not sampled at the start (it did not matter then): ticks only, and it moved here
+        ("moved onto the CPU, ticks still", thread(1, None, None), thread(3, 90, 1), Ran.YES),
+        ("moved away, ticks still", thread(3, None, None), thread(1, 90, 1), Ran.MAYBE),
         ("born during the interval, idle", None, thread(3, 0, 0), Ran.NO),
     ],
 )

@@ -216,7 +216,10 @@ def ran_on(cpu: int, start: ThreadSample | None, end: ThreadSample | None) -> tu
         assert start is not None
         return (Ran.MAYBE if start.processor == cpu else Ran.NOT_SEEN), 0
     delta = _runtime_delta(start, end)
-    if delta == 0:
+    # A thread whose last CPU changed was scheduled meanwhile, even if its CPU time (in
+    # ticks, when only those were sampled at the start) did not show it.
+    moved = start is not None and start.processor != end.processor
+    if delta == 0 and not moved:
         return Ran.NO, 0
     allowed = end.allowed if end.allowed is not None else (start.allowed if start else None)
     if allowed == frozenset({cpu}):

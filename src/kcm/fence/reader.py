@@ -138,7 +138,7 @@ class HostReader:
             counters = self._sched(pid, tid)
             if counters is not None:
                 runtime, migrations = counters.runtime_ns, counters.migrations
-            if prev is None or booking_of is not None:
+            if prev is None or prev.cgroup is None or booking_of is not None:
                 text = read_text(task_path(root, pid, tid, "cgroup"))
                 if text is not None:
                     cgroup = threads.parse_cgroup(text)

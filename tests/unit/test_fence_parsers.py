@@ -9,7 +9,8 @@ import pytest
 from kcm import cpulist
 from kcm.errors import ParseError
 from kcm.host.interrupts import parse_interrupts, parse_softirqs, parse_stat_cpus
-from kcm.host.isolation import parse_cmdline, parse_sysfs_cpus
+from kcm.host.isolation import parse_cmdline
+from kcm.host.sysfs import parse_boot_cpus
 from kcm.host.threads import (
     parse_cgroup,
     parse_sched,
@@ -172,9 +173,9 @@ def test_cmdline_with_a_bad_cpu_list_keeps_the_raw_value() -> None:
 
 
 def test_sysfs_null_mask_is_empty() -> None:
-    assert parse_sysfs_cpus("(null)\n") == frozenset()
-    assert parse_sysfs_cpus("\n") == frozenset()
-    assert parse_sysfs_cpus("2-3\n") == frozenset({2, 3})
+    assert parse_boot_cpus("(null)\n") == frozenset()
+    assert parse_boot_cpus("\n") == frozenset()
+    assert parse_boot_cpus("2-3\n") == frozenset({2, 3})
 
 
 def test_hex_masks_as_the_kernel_prints_them() -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from kcm import cpulist
 from kcm.errors import ParseError
+from kcm.host.sysfs import read_boot_cpus
 from kcm.host.threads import read_text
 
 # The kernel parameters the fence reports, in the order it reports them.
@@ -63,12 +64,6 @@ def parse_cmdline(text: str) -> dict[str, BootParameter]:
     return found
 
 
-def parse_sysfs_cpus(text: str) -> frozenset[int]:
-    """A sysfs CPU list; ``(null)`` is what the kernel prints for a mask it never allocated."""
-    text = text.strip()
-    return frozenset() if text == "(null)" else cpulist.parse(text)
-
-
 @dataclass(frozen=True, slots=True)
 class Isolation:
     """The host's isolation settings, as read. ``None`` where the kernel has no such file."""
@@ -81,17 +76,18 @@ class Isolation:
 
 
 def read_isolation(proc_root: str, sys_root: str) -> Isolation:
-    """Read the boot line, ``devices/system/cpu/{isolated,nohz_full}``, the unbound workqueue
-    cpumask and ``irq/default_smp_affinity``; malformed content is a ParseError."""
+    """Read the boot line, ``devices/system/cpu/{isolated,nohz_full}`` (through
+    ``kcm.host.sysfs.read_boot_cpus``, init's reader too), the unbound workqueue cpumask and
+    ``irq/default_smp_affinity``; malformed content is a ParseError, or an EnvironmentProblem
+    naming the sysfs file."""
     cmdline = read_text(f"{proc_root}/cmdline")
-    isolated = read_text(f"{sys_root}/devices/system/cpu/isolated")
-    nohz = read_text(f"{sys_root}/devices/system/cpu/nohz_full")
+    isolated, nohz = read_boot_cpus(sys_root)
     wq = read_text(f"{sys_root}/devices/virtual/workqueue/cpumask")
     default = read_text(f"{proc_root}/irq/default_smp_affinity")
     return Isolation(
         cmdline=parse_cmdline(cmdline or ""),
-        isolated=None if isolated is None else parse_sysfs_cpus(isolated),
-        nohz_full=None if nohz is None else parse_sysfs_cpus(nohz),
+        isolated=isolated,
+        nohz_full=nohz,
         workqueue_cpumask=None if wq is None else cpulist.parse_mask(wq),
         default_smp_affinity=None if default is None else cpulist.parse_mask(default),
     )

@@ -349,23 +349,26 @@ class StateReader:
             self._fd = -1
 
     def lock(self, timeout: float) -> None:
-        """Take ``<dir>/lock`` shared, waiting at most ``timeout`` seconds."""
-        self._take_lock(timeout, shared=True)
+        """Take ``<dir>/lock`` shared, waiting at most ``timeout`` seconds, through a read-only
+        descriptor: a reader opens nothing for writing (flock needs no write access)."""
+        self._take_lock(timeout, shared=True, writable=False)
 
-    def _take_lock(self, timeout: float, *, shared: bool) -> None:
+    def _take_lock(self, timeout: float, *, shared: bool, writable: bool) -> None:
         import fcntl
 
         path = f"{self.path}/{LOCK}"
         # O_NONBLOCK: a FIFO planted as the lock must not hang the open (the fstat refuses it).
         flags = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
-            fd = os.open(LOCK, os.O_RDWR | flags, dir_fd=self._fd)
+            fd = os.open(LOCK, (os.O_RDWR if writable else os.O_RDONLY) | flags, dir_fd=self._fd)
         except FileNotFoundError:
             raise StateError(f"{path} is missing: {self.path} is no kcm state directory") from None
         except OSError as e:
             # Readers (describe, discover) also work on a read-only mount or without write access.
-            if not (shared and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)):
-                raise StateError(f"cannot open {path} for writing: {_why(e)}") from None
+            if not (writable and shared and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)):
+                raise StateError(
+                    f"cannot open {path}{' for writing' if writable else ''}: {_why(e)}"
+                ) from None
             try:
                 fd = os.open(LOCK, os.O_RDONLY | flags, dir_fd=self._fd)
             except OSError as e:
@@ -572,7 +575,7 @@ class StateDir(StateReader):
             self._writer = True
             self._trust = Trust(writer=True)
             self._trust.vet(os.fstat(self._fd), self.path, _S_IFDIR)
-        self._take_lock(timeout, shared=shared)
+        self._take_lock(timeout, shared=shared, writable=True)
 
     def lock_held_too_long(self) -> bool:
         return time.monotonic() > self._deadline

@@ -269,6 +269,81 @@ def test_cli_exits_0_when_clean_and_1_when_intruded(tmp_path: Path) -> None:
     ]
 
 
+DAEMON = 700
+
+
+def booked_daemon_host(root: str, conf: str, version: str, cgroup: str) -> FakeHost:
+    """The fenced host with a daemon that left its booking's process tree (``setsid``: its
+    parent is PID 1, not the booking's 100), running on CPU 3 in the cgroup ``cgroup``."""
+    host = fenced_host(root)
+    host.cgroup_version = version
+    host.thread(DAEMON, "my-daemon", 3, "3", cgroup=cgroup, ppid=1, runtime_ns=10**6)
+    host.write()
+    return host
+
+
+def booking_cgroup(conf: str, parent: str = "kcm") -> str:
+    """Where kcm.host.cgroups puts a booking of list 3 of the state ``conf``."""
+    from kcm.host import cgroups
+
+    return f"/{parent}/{cgroups.state_id(os.path.realpath(conf))}/dataplane/3/{BOOKING}-4242"
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_setsid_daemon_in_its_bookings_cgroup_is_no_intruder(
+    tmp_path: Path, version: str
+) -> None:
+    conf = state_for(tmp_path)
+    host = booked_daemon_host(str(tmp_path), conf, version, booking_cgroup(conf))
+    code, out, err = run_audit_cli(host, f"--conf-dir={conf}", "--interval=0.05", "-o", "json")
+    assert (code, err) == (0, ""), out
+    assert json.loads(out)["cpus"][0]["threads"] == []
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_the_same_daemon_outside_any_booking_is_an_intruder(tmp_path: Path, version: str) -> None:
+    conf = state_for(tmp_path)
+    host = booked_daemon_host(str(tmp_path), conf, version, "/kcm-system")
+    code, out, err = run_audit_cli(host, f"--conf-dir={conf}", "--interval=0.05", "-o", "json")
+    assert (code, err) == (1, "")
+    threads = json.loads(out)["cpus"][0]["threads"]
+    assert [(t["pid"], t["command"], t["cgroup"]) for t in threads] == [
+        (DAEMON, "my-daemon", "/kcm-system")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("where", "why"),
+    [
+        ("another_state", "a booking of another state directory is not this state's"),
+        ("another_pool", "a booking of the infra pool holds no dataplane CPU"),
+        ("another_parent", "KCM_CGROUP_PARENT names where this state's bookings are"),
+    ],
+)
+def test_only_this_states_dataplane_bookings_count(tmp_path: Path, where: str, why: str) -> None:
+    conf = state_for(tmp_path)
+    cgroup = {
+        "another_state": booking_cgroup(str(tmp_path / "other")),
+        "another_pool": booking_cgroup(conf).replace("/dataplane/3/", "/infra/0-2/"),
+        "another_parent": booking_cgroup(conf, parent="elsewhere"),
+    }[where]
+    host = booked_daemon_host(str(tmp_path), conf, "v1", cgroup)
+    code, out, _ = run_audit_cli(host, f"--conf-dir={conf}", "--interval=0.05", "-o", "json")
+    assert code == 1, why
+    assert [t["pid"] for t in json.loads(out)["cpus"][0]["threads"]] == [DAEMON], why
+
+
+def test_the_booking_parent_comes_from_kcm_cgroup_parent(tmp_path: Path) -> None:
+    conf = state_for(tmp_path)
+    parent = "system.slice/kcm-bookings.service"
+    host = booked_daemon_host(str(tmp_path), conf, "v2", booking_cgroup(conf, parent=parent))
+    env = kcm_env(**host.env(), KCM_CGROUP_PARENT=parent)
+    result = run_kcm("audit", f"--conf-dir={conf}", "--interval=0.05", env=env)
+    assert (result.code, result.err) == (0, "")
+    result = run_kcm("audit", f"--conf-dir={conf}", "--interval=0.05", env=kcm_env(**host.env()))
+    assert result.code == 1
+
+
 def test_cli_reads_and_never_writes(tmp_path: Path) -> None:
     host = fenced_host(str(tmp_path))
     plant_intruders(host)

@@ -192,28 +192,31 @@ def test_hex_masks_as_the_kernel_prints_them() -> None:
         cpulist.parse_mask("")
 
 
-def test_find_hierarchy_of_v1_v2_and_hybrid_hosts(tmp_path: Path) -> None:
-    from kcm.host.cpusets import find_hierarchy
+def test_the_cpuset_tree_is_found_where_the_bookings_find_it(tmp_path: Path) -> None:
+    # One detection (kcm.host.cgroups.find_hierarchy) for the bookings and the fence.
+    from kcm.host.cpusets import read_tree
 
     v1 = tmp_path / "v1"
     (v1 / "cpuset").mkdir(parents=True)
+    (v1 / "cpuset/cpuset.cpus").write_text("0-3\n")
     (v1 / "cpuset/cpuset.sched_load_balance").write_text("1\n")
     (v1 / "unified").mkdir()
     (v1 / "unified/cgroup.controllers").write_text("memory pids\n")
-    assert find_hierarchy(str(v1)) == ("v1", f"{v1}/cpuset", True)
-    noprefix = tmp_path / "noprefix"
-    noprefix.mkdir()
-    (noprefix / "sched_load_balance").write_text("1\n")
-    assert find_hierarchy(str(noprefix)) == ("v1", str(noprefix), False)
+    tree = read_tree(str(v1))
+    assert tree is not None and (tree.version, tree.mount) == ("v1", f"{v1}/cpuset")
+    assert [(cs.path, cs.cpus, cs.load_balance) for cs in tree.cpusets] == [("/", "0-3", True)]
     v2 = tmp_path / "v2"
     v2.mkdir()
     (v2 / "cgroup.controllers").write_text("cpuset cpu io memory\n")
-    assert find_hierarchy(str(v2)) == ("v2", str(v2), True)
+    (v2 / "cpuset.cpus.effective").write_text("0-3\n")
+    tree = read_tree(str(v2))
+    assert tree is not None and (tree.version, tree.mount) == ("v2", str(v2))
     hybrid = tmp_path / "hybrid"
     (hybrid / "unified").mkdir(parents=True)
     (hybrid / "unified/cgroup.controllers").write_text("cpuset memory\n")
-    assert find_hierarchy(str(hybrid)) == ("v2", f"{hybrid}/unified", True)
+    tree = read_tree(str(hybrid))
+    assert tree is not None and (tree.version, tree.mount) == ("v2", f"{hybrid}/unified")
     none = tmp_path / "none"
     none.mkdir()
     (none / "cgroup.controllers").write_text("memory pids\n")
-    assert find_hierarchy(str(none)) is None
+    assert read_tree(str(none)) is None

@@ -12,7 +12,7 @@ from kcm.errors import StateError, UsageError
 from kcm.fence.audit import AuditInput, AuditReport, DataplaneList, audit, bookings_by_tree
 from kcm.fence.reader import BookingOf, HostReader
 from kcm.fence.render import to_json, to_table
-from kcm.host.cpusets import cgroup_root
+from kcm.host.cgroups import cgroup_root
 from kcm.state import StateReader, lock_timeout
 
 DATAPLANE = "dataplane"
@@ -91,11 +91,39 @@ def run_audit(
     )
 
 
+def cgroup_bookings(conf_dir: str, root: str) -> BookingOf | None:
+    """What tells a process's booking from its ``/proc/<pid>/cgroup``: the booking cgroups of
+    ``kcm.host.cgroups`` for the state ``conf_dir`` (``<parent>/<state id>/<pool>/<list>/...``,
+    ``$KCM_CGROUP_PARENT``), in the hierarchy that holds cpuset under ``root``; ``None``
+    without one. Only reads: no writable hierarchy is needed to know who is booked."""
+    from kcm.host import cgroups
+
+    found = cgroups.find_hierarchy(root)
+    if found is None:
+        return None
+    kind = found[0]
+    parent = cgroups.cgroup_parent()
+    state = cgroups.state_id(os.path.realpath(conf_dir))
+
+    def booking_of(text: str) -> tuple[str, str] | None:
+        path = cgroups.parse_proc_cgroup(text, kind)
+        booking = None if path is None else cgroups.booking_at(path, parent, state)
+        return None if booking is None else (booking.pool, booking.cpu_list)
+
+    return booking_of
+
+
 def main(conf_dir: str, interval: float | None, output: str) -> int:
     """``kcm audit``: 0 when no thread or IRQ intrudes on a dataplane CPU, 1 when one does."""
     if output not in OUTPUTS:
         raise UsageError(f"--output={output!r}: choose table or json")
-    reader = HostReader(proc_root(), sys_root(), cgroup_root())
-    report = run_audit(conf_dir, reader, DEFAULT_INTERVAL if interval is None else interval)
+    root = cgroup_root()
+    reader = HostReader(proc_root(), sys_root(), root)
+    report = run_audit(
+        conf_dir,
+        reader,
+        DEFAULT_INTERVAL if interval is None else interval,
+        booking_of=cgroup_bookings(conf_dir, root),
+    )
     sys.stdout.write(to_json(report) if output == "json" else to_table(report))
     return 0 if report.clean else 1

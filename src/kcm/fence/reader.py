@@ -18,9 +18,10 @@ from kcm.fence.audit import Sample, ThreadSample
 from kcm.host import cpusets, interrupts, isolation, threads
 from kcm.host.threads import read_text, task_path
 
-# Seam for the per-booking cgroups (issue 10): the text of a process's /proc/<pid>/cgroup to
-# the (pool, cpu list) of the booking that cgroup holds, or None. Until kcm.host.cgroups lands
-# the audit knows bookings by their process tree alone.
+# The text of a process's /proc/<pid>/cgroup to the (pool, cpu list) of the booking whose
+# cgroup holds it, or None (kcm.fence.command.cgroup_bookings builds it from kcm.host.cgroups).
+# A process there belongs to its booking however it left the booking's process tree (setsid,
+# a daemon's double fork).
 BookingOf = Callable[[str], tuple[str, str] | None]
 
 

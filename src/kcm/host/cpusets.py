@@ -12,12 +12,8 @@ from dataclasses import dataclass
 
 from kcm import cpulist
 from kcm.errors import ParseError
+from kcm.host.cgroups import find_hierarchy
 from kcm.host.threads import read_text
-
-
-def cgroup_root() -> str:
-    """The cgroup root kcm reads: ``$KCM_CGROUP_FS``, else ``/sys/fs/cgroup``."""
-    return os.environ.get("KCM_CGROUP_FS") or "/sys/fs/cgroup"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +56,8 @@ class CpusetTree:
         return [cs for cs in self.cpusets if cpu in cs.effective]
 
 
-def _file(base: str, name: str, prefixed: bool) -> str | None:
-    text = read_text(f"{base}/{'cpuset.' if prefixed else ''}{name}")
+def _file(base: str, name: str) -> str | None:
+    text = read_text(f"{base}/cpuset.{name}")
     return None if text is None else text.strip()
 
 
@@ -69,40 +65,21 @@ def _flag(text: str | None) -> bool | None:
     return None if text is None else text == "1"
 
 
-def find_hierarchy(root: str) -> tuple[str, str, bool] | None:
-    """(version, mount, prefixed) of the hierarchy holding cpuset under ``root``, or ``None``.
-
-    v1: ``<root>/cpuset`` (as systemd and most distributions mount it), or ``root`` itself
-    being the cpuset mount; files may lack the ``cpuset.`` prefix (``mount -t cpuset``).
-    v2: ``root`` (or ``<root>/unified`` on a hybrid host) is the unified hierarchy and lists
-    cpuset in ``cgroup.controllers``. The same order as ``kcm.host.cgroups.find_hierarchy``.
-    """
-    for mount in (f"{root}/cpuset", root):
-        for prefixed in (True, False):
-            lb = "cpuset.sched_load_balance" if prefixed else "sched_load_balance"
-            if os.path.exists(f"{mount}/{lb}"):
-                return ("v1", mount, prefixed)
-    for mount in (root, f"{root}/unified"):  # the second: a hybrid host's unified hierarchy
-        controllers = read_text(f"{mount}/cgroup.controllers")
-        if controllers is not None and "cpuset" in controllers.split():
-            return ("v2", mount, True)
-    return None
-
-
 def read_tree(root: str) -> CpusetTree | None:
-    """The cpuset tree under the cgroup root ``root``; ``None`` if no hierarchy holds cpuset.
+    """The cpuset tree under the cgroup root ``root``; ``None`` if no hierarchy holds cpuset
+    (found by ``kcm.host.cgroups.find_hierarchy``, the one detection the bookings use too).
 
     A cgroup removed while the tree is walked is skipped; malformed content is a ParseError.
     """
     found = find_hierarchy(root)
     if found is None:
         return None
-    version, mount, prefixed = found
+    version, mount = found
     cpusets: list[Cpuset] = []
     for dirpath, dirnames, _ in os.walk(mount):
         dirnames.sort()
         rel = "/" + os.path.relpath(dirpath, mount) if dirpath != mount else "/"
-        cs = _read_cpuset(dirpath, rel, version, prefixed)
+        cs = _read_cpuset(dirpath, rel, version)
         if cs is not None:
             cpusets.append(cs)
     isolated = None
@@ -112,34 +89,34 @@ def read_tree(root: str) -> CpusetTree | None:
     return CpusetTree(version, mount, tuple(cpusets), isolated)
 
 
-def _read_cpuset(base: str, rel: str, version: str, prefixed: bool) -> Cpuset | None:
+def _read_cpuset(base: str, rel: str, version: str) -> Cpuset | None:
     if version == "v1":
-        cpus = _file(base, "cpus", prefixed)
+        cpus = _file(base, "cpus")
         if cpus is None:
             return None
-        effective = _file(base, "effective_cpus", prefixed)
+        effective = _file(base, "effective_cpus")
         return Cpuset(
             path=rel,
             cpus=cpus,
             effective=cpulist.parse(cpus if effective is None else effective),
-            mems=_file(base, "mems", prefixed),
-            load_balance=_flag(_file(base, "sched_load_balance", prefixed)),
-            cpu_exclusive=_flag(_file(base, "cpu_exclusive", prefixed)),
+            mems=_file(base, "mems"),
+            load_balance=_flag(_file(base, "sched_load_balance")),
+            cpu_exclusive=_flag(_file(base, "cpu_exclusive")),
         )
     # v2: the root has no cpuset.cpus, only cpuset.cpus.effective; a child has cpuset files
     # only where its parent enabled the controller.
-    effective = _file(base, "cpus.effective", True)
+    effective = _file(base, "cpus.effective")
     if effective is None:
         return None
-    cpus = _file(base, "cpus", True)
+    cpus = _file(base, "cpus")
     try:
         return Cpuset(
             path=rel,
             cpus="" if cpus is None else cpus,
             effective=cpulist.parse(effective),
-            mems=_file(base, "mems", True),
-            partition=_file(base, "cpus.partition", True),
-            exclusive=_file(base, "cpus.exclusive", True),
+            mems=_file(base, "mems"),
+            partition=_file(base, "cpus.partition"),
+            exclusive=_file(base, "cpus.exclusive"),
         )
     except ParseError as e:
         raise ParseError(f"{base}: {e}") from None

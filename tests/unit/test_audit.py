@@ -263,3 +263,28 @@ def test_an_irq_that_fired_there_intrudes_even_if_its_affinity_moved_away() -> N
     )
     (cpu,) = audit(inp).cpus
     assert [(i.irq, i.count, i.effective) for i in cpu.irqs] == [(36, 2, False)]
+
+
+def test_a_thread_moved_off_while_asleep_is_no_intruder_until_it_runs_there() -> None:
+    # The kernel leaves a sleeping thread's last CPU (stat field 39) as it was when the shield
+    # narrows its affinity: it is placed within the new one when it wakes. Not allowed there and
+    # not run: no intrusion. Run there (moved there again, say): an intrusion.
+    moved = thread(3, 10, 0, "0-2", pid=400)
+    lists = (DataplaneList("3", frozenset({3}), ()),)
+
+    def judge(end: ThreadSample) -> list[tuple[int, Ran]]:
+        inp = AuditInput(
+            conf_dir="/etc/kcm",
+            lists=lists,
+            bookings={},
+            start=sample(0.0, [moved], {}),
+            end=sample(1.0, [end], {}),
+            irqs=(),
+            isolation=ISOLATION,
+            cpusets=None,
+        )
+        (cpu,) = audit(inp).cpus
+        return [(t.pid, t.ran) for t in cpu.threads]
+
+    assert judge(moved) == []
+    assert judge(thread(3, 90, 0, "0-2", pid=400)) == [(400, Ran.YES)]

@@ -149,6 +149,16 @@ def test_v1_host() -> None:
             "new": "0",
             "what": "cpuset /kcm/s",
         },
+        # kthreadd stays in the root cpuset; its affinity is set instead
+        {
+            "op": "affinity",
+            "pid": 2,
+            "tid": 2,
+            "start_time": 100,
+            "prior": "0-3",
+            "new": "0-2",
+            "what": "kernel thread kthreadd (2)",
+        },
         {
             "op": "write",
             "root": "proc",
@@ -440,6 +450,72 @@ def test_systemd_owned_v2_tree_uses_allowed_cpus_on_its_slices() -> None:
     ]  # kcm's own slice, and machine.slice (no dataplane CPU), untouched
     assert not any(c["op"] in ("mkdir", "move-tasks") for c in ops(plan))  # systemd's tree
 
+
+
+def test_systemd_with_kcm_inside_system_slice_narrows_its_other_units() -> None:
+    # KCM_CGROUP_PARENT=system.slice/kcm-bookings.service: narrowing system.slice would narrow
+    # the bookings, so its other units are narrowed one by one, and the operator is told.
+    subtree = "/system.slice/kcm-bookings.service/etc-kcm"
+    cg = CgroupView(
+        "v2",
+        "",
+        (
+            cpuset("/", ""),
+            cpuset("/init.scope", ""),
+            cpuset("/system.slice", ""),
+            cpuset("/system.slice/sshd.service", ""),
+            cpuset("/system.slice/kcm-bookings.service", ""),
+            cpuset("/user.slice", ""),
+        ),
+        subtree,
+        systemd_units=(
+            ("init.scope", ""),
+            ("system.slice", ""),
+            ("system.slice/kcm-bookings.service", ""),
+            ("system.slice/sshd.service", ""),
+            ("user.slice", "2-3"),
+        ),
+    )
+    plan = plan_shield(host(cg, task(1, "systemd", "0-3", "/init.scope")), DP)
+    assert [(c["unit"], c["prior"], c["new"]) for c in ops(plan) if c["op"] == "systemd"] == [
+        ("init.scope", "", "0-2"),
+        ("sshd.service", "", "0-2"),
+        ("user.slice", "2-3", "2"),
+    ]
+    (notice,) = [n for n in plan.notices if n.startswith("kcm's cgroups")]
+    assert "lie inside system.slice" in notice and "Slice=kcm.slice" in notice
+    # a rerun puts the priors back by the unit's path
+    k = original_view(
+        replace(
+            host(cg, task(1, "systemd", "0-2", "/init.scope")),
+            cgroup=replace(
+                cg,
+                systemd_units=(
+                    ("init.scope", "0-2"),
+                    ("system.slice", ""),
+                    ("system.slice/kcm-bookings.service", ""),
+                    ("system.slice/sshd.service", "0-2"),
+                    ("user.slice", "2"),
+                ),
+            ),
+        ),
+        next_record(plan, None, "b"),
+    )
+    assert plan_shield(k, DP).changes == plan.changes
+
+
+def test_v2_bookings_held_by_pid_alone_keep_their_cpus_from_a_partition() -> None:
+    # An isolated partition takes its CPUs from every cgroup outside it, the root included: a
+    # booking held by PID in the root would lose its list.
+    view = replace(v2_view(), bookings=frozenset({90}))
+    view = replace(view, tasks=(*view.tasks, task(90, "l2fwd", "3")))
+    plan = plan_shield(view, DP)
+    assert not any("partition" in str(c.get("path")) for c in ops(plan))
+    (refusal,) = [r for r in plan.refusals if r.what == "scheduler load balancing"]
+    assert refusal.why.startswith("dataplane bookings held by PID alone, outside kcm's cgroups")
+    assert "(PIDs 90)" in refusal.why and not refusal.blocking
+    moves = [c for c in ops(plan) if c["op"] == "move-tasks"]
+    assert [m["keep"] for m in moves] == [[90]]
 
 # -- interrupts and irqbalance -----------------------------------------------------------------
 

@@ -353,6 +353,10 @@ def audit(inp: AuditInput) -> AuditReport:
                     per_cpu.append(PerCpuThread(t.pid, t.tid, t.comm))
                     continue
                 ran, cpu_time = ran_on(cpu, s, e)
+                if ran is Ran.NO and allowed is not None and cpu not in allowed:
+                    # Its last CPU, from before its affinity was narrowed while it slept: it
+                    # can no longer run here, and did not.
+                    continue
                 threads.append(
                     ThreadFinding(
                         pid=t.pid,

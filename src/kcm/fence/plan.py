@@ -81,7 +81,10 @@ class CgroupView:
     """The cpuset hierarchy. ``hierarchy`` is its directory relative to the cgroup root
     (``cpuset`` on v1, ``""`` on v2). ``kcm_subtree`` is kcm's own (``/kcm``), never narrowed;
     ``list_cgroups`` maps each dataplane list to its cgroup there. On a systemd-owned v2 tree,
-    ``systemd_units`` holds each top-level unit and its ``AllowedCPUs``."""
+    ``systemd_units`` holds each unit (its cgroup path without the leading ``/``, whose last
+    component is the unit's name) and its ``AllowedCPUs``: the top-level ones, and below each
+    unit that holds kcm's subtree (``system.slice`` holding ``kcm-bookings.service``), its
+    children, down to kcm's own."""
 
     version: str
     hierarchy: str
@@ -432,6 +435,8 @@ class _Builder:
         self.changes.append(
             MoveTasks(cgroup_dir(cg, "/"), cgroup_dir(cg, system), "tasks", True, keep)
         )
+        # kthreadd stays in the root cpuset, but takes an affinity like any kernel thread.
+        self.affinities(lambda t: t.cgroup == "/" and t.kthreadd)
         # Load balancing: off in every cpuset that spans a dataplane CPU and a CPU outside
         # its list, the root included; the system cpuset balances the rest.
         after = {**requested, **narrowed}
@@ -457,23 +462,35 @@ class _Builder:
         kcm_top = "/" + cg.kcm_subtree.strip("/").split("/")[0]
         narrowed: set[str] = set()
         if systemd:
-            # systemd owns the tree: ask it, through each top-level unit's AllowedCPUs.
-            for unit, allowed in cg.systemd_units or ():
-                if "/" + unit == kcm_top:
+            # systemd owns the tree: ask it, through each unit's AllowedCPUs. A unit that holds
+            # kcm's subtree is left as it is (narrowing it would narrow the bookings), and its
+            # other children are narrowed instead.
+            units = [("/" + p.strip("/"), allowed) for p, allowed in cg.systemd_units or ()]
+            for cgroup, allowed in units:
+                if _under(cg.kcm_subtree, cgroup):
                     continue
                 requested = _parse_cpus(allowed) if allowed.strip() else online
                 if requested.isdisjoint(self.dataplane):
                     continue
+                unit = cgroup.rpartition("/")[2]
                 if not requested - self.dataplane:
                     self.refuse(
                         f"unit {unit}", f"its AllowedCPUs ({allowed}) are all dataplane CPUs"
                     )
                     continue
-                narrowed.add("/" + unit)
+                narrowed.add(cgroup)
                 self.changes.append(
                     UnitProperty(
                         unit, ALLOWED_CPUS, allowed, cpulist.format(requested - self.dataplane)
                     )
+                )
+            if any(_under(c, kcm_top) and not _under(cg.kcm_subtree, c) for c, _ in units):
+                self.notices.append(
+                    f"kcm's cgroups ({cg.kcm_subtree}) lie inside {kcm_top.lstrip('/')}, which"
+                    " kcm therefore leaves unfenced: its other units are fenced one by one, and"
+                    " one started in it later runs on the dataplane CPUs until the next kcm"
+                    " reconcile pass fences it; give kcm-bookings.service a slice of its own"
+                    " (Slice=kcm.slice) to fence them at once"
                 )
         else:
             if cg.find(system) is not None:
@@ -533,6 +550,22 @@ class _Builder:
                 "this kernel has no cpuset.cpus.exclusive (Linux 6.7): no isolated partition"
                 f" can be made below kcm's subtree, so load balancing stays on for CPUs {cpus};"
                 f" boot with isolcpus=domain,{cpus} to turn it off",
+            )
+            return False
+        held = sorted(
+            {
+                t.pid
+                for t in self.view.tasks
+                if self._booked(t) and not _under(t.cgroup, cg.kcm_subtree)
+            }
+        )
+        if held:
+            self.refuse(
+                "scheduler load balancing",
+                f"dataplane bookings held by PID alone, outside kcm's cgroups (PIDs"
+                f" {', '.join(map(str, held[:5]))}{' ...' if len(held) > 5 else ''}): an isolated"
+                " partition would take their CPUs from them, so load balancing stays on for CPUs"
+                f" {cpus} until they run in booking cgroups",
             )
             return False
         paths = dict(cg.list_cgroups)
@@ -687,7 +720,11 @@ def original_view(view: HostView, record: Record | None) -> HostView:
     cg = view.cgroup
     cpusets = {cs.path: cs for cs in cg.cpusets} if cg is not None else {}
     subtree_control = cg.subtree_control if cg is not None else None
-    units = dict(cg.systemd_units) if cg is not None and cg.systemd_units is not None else None
+    units = (
+        {p.strip("/"): a for p, a in cg.systemd_units}
+        if cg is not None and cg.systemd_units is not None
+        else None
+    )
     irqs = {irq.irq: irq for irq in view.irqs}
     default, workqueue = view.default_smp_affinity, view.workqueue_cpumask
     removed: set[str] = set()
@@ -732,12 +769,13 @@ def original_view(view: HostView, record: Record | None) -> HostView:
             pins[(change.tid, change.start_time)] = change.prior
         elif isinstance(change, Affinity):
             affinities[(change.tid, change.start_time)] = change.prior
-        elif isinstance(change, UnitProperty) and units is not None and change.unit in units:
-            units[change.unit] = change.prior
-            narrowed.add("/" + change.unit)
-            cs = cpusets.get("/" + change.unit)
-            if cs is not None:
-                cpusets["/" + change.unit] = replace(cs, cpus=change.prior)
+        elif isinstance(change, UnitProperty) and units is not None:
+            for path in [p for p in units if p.rpartition("/")[2] == change.unit]:
+                units[path] = change.prior
+                narrowed.add("/" + path)
+                cs = cpusets.get("/" + path)
+                if cs is not None:
+                    cpusets["/" + path] = replace(cs, cpus=change.prior)
     new_cg = None
     if cg is not None:
         new_cg = replace(

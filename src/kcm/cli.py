@@ -36,6 +36,8 @@ VALUE_OPTIONS = {
     ),
     "metrics": ("--conf-dir", "--listen", "--textfile"),
     "audit": ("--conf-dir", "--interval", "--output"),
+    "shield": ("--conf-dir",),
+    "unshield": ("--conf-dir",),
 }
 FLAGS = {
     "init": ("--keep-existing", "--quiet"),
@@ -43,6 +45,8 @@ FLAGS = {
     "reconcile": ("--quiet",),
     "install": ("--quiet",),
     "cluster-init": ("--example-workload",),
+    "shield": ("--quiet",),
+    "unshield": ("--quiet",),
 }
 DEFAULTS = {
     "init": {
@@ -64,6 +68,8 @@ DEFAULTS = {
     },
     "metrics": {"--conf-dir": "/etc/kcm"},
     "audit": {"--conf-dir": "/etc/kcm", "--interval": "1", "--output": "table"},
+    "shield": {"--conf-dir": "/etc/kcm"},
+    "unshield": {"--conf-dir": "/etc/kcm"},
 }
 SHORT = {
     "describe": {"-o": "--output"},
@@ -90,6 +96,8 @@ RUN = {
     "cluster-init": "kcm.cli:run_cluster_init",
     "metrics": "kcm.cli:run_metrics",
     "audit": "kcm.cli:run_audit",
+    "shield": "kcm.cli:run_shield",
+    "unshield": "kcm.cli:run_unshield",
     "completion": "kcm.cli:run_completion",
     "help": "kcm.cli:run_help",
 }
@@ -311,6 +319,18 @@ def run_audit(args: Args) -> int:
     return command.main(
         args.get("--conf-dir"), seconds_option(args, "--interval"), args.get("--output")
     )
+
+
+def run_shield(args: Args) -> int:
+    from kcm.fence import run
+
+    return run.shield_main(args.get("--conf-dir"), quiet=args.flag("--quiet"))
+
+
+def run_unshield(args: Args) -> int:
+    from kcm.fence import run
+
+    return run.unshield_main(args.get("--conf-dir"), quiet=args.flag("--quiet"))
 
 
 def run_help(args: Args) -> int:

@@ -178,6 +178,9 @@ PID_NAMESPACE = Env(
     "use a KCM_PROC_FS of another PID namespace than the host's (its PID 2 is not kthreadd)",
 )
 DEBUG = Env("KCM_DEBUG=1", "show a traceback on errors")
+SHIELD_QUIET = Option(
+    "--quiet", "only warnings on stderr: what the kernel refuses, what others set"
+)
 CGROUP_FS = Env("KCM_CGROUP_FS", "the cgroup root [default: /sys/fs/cgroup]")
 CGROUP_PARENT = Env(
     "KCM_CGROUP_PARENT", "where the bookings' cgroups are, below the cgroup root [default: kcm]"
@@ -447,7 +450,7 @@ COMMANDS: tuple[Command, ...] = (
             Env(
                 "KCM_SYS_FS",
                 "sysfs to read the boot isolation and workqueue mask from [default: /sys]",
-            ),  # fmt: skip
+            ),
             CGROUP_FS,
             CGROUP_PARENT,
             LOCK_TIMEOUT,
@@ -466,6 +469,66 @@ COMMANDS: tuple[Command, ...] = (
             "It only reads. Kernel threads bound to a CPU by design, kernel threads the kernel"
             " will not move that were not seen running there, and IRQs steered off that have"
             " not fired since are listed apart, not as intruders.",
+        ),
+    ),
+    Command(
+        "shield",
+        "keep every other task, kernel thread, IRQ and workqueue off the dataplane CPUs",
+        usage=("kcm shield [--conf-dir=<dir>] [--quiet]",),
+        run="kcm.cli:run_shield",
+        options=(CONF_DIR, SHIELD_QUIET),
+        env=(
+            Env("KCM_PROC_FS", "this process's own procfs [default: /proc]"),
+            Env("KCM_SYS_FS", "sysfs [default: /sys]"),
+            CGROUP_FS,
+            CGROUP_PARENT,
+            Env(
+                "KCM_LOCK_TIMEOUT",
+                "seconds to wait for the state lock and for .shield.lock [default: 30]",
+            ),
+            SHARED_STATE_OWNED,
+            DEBUG,
+        ),
+        exits=(
+            Exit("0", "fenced (what the kernel refuses to move is said on stderr)"),
+            EXIT_USAGE,
+            Exit("3", "no exclusive dataplane pool, a bad state directory or shield record"),
+            EXIT_LOCK,
+            Exit(
+                "6",
+                "a procfs not this process's own, or a step that failed (the record"
+                " keeps it: run it again)",
+            ),
+            Exit("8", "the host stops the shield before it starts; nothing was changed"),
+        ),
+        notes=(
+            "Records what it changes, with the value before, in <dir>/.shield.json before it"
+            " changes anything; kcm unshield undoes exactly that. Run as root. What it changed"
+            " goes to stderr, one line per kind of change.",
+        ),
+    ),
+    Command(
+        "unshield",
+        "undo what kcm shield changed, from its record",
+        usage=("kcm unshield [--conf-dir=<dir>] [--quiet]",),
+        run="kcm.cli:run_unshield",
+        options=(CONF_DIR, SHIELD_QUIET),
+        env=(
+            Env("KCM_PROC_FS", "this process's own procfs [default: /proc]"),
+            CGROUP_FS,
+            Env(
+                "KCM_LOCK_TIMEOUT",
+                "seconds to wait for the state lock and for .shield.lock [default: 30]",
+            ),
+            SHARED_STATE_OWNED,
+            DEBUG,
+        ),
+        exits=(
+            Exit("0", "undone, or no record (what others changed since is left, and said)"),
+            EXIT_USAGE,
+            Exit("3", "a bad state directory or shield record"),
+            EXIT_LOCK,
+            Exit("6", "a step that failed (the record keeps it: run it again)"),
         ),
     ),
     Command(

@@ -703,6 +703,36 @@ class StateDir(StateReader):
         finally:
             os.close(fd)
 
+    def hold_run_lock(self, name: str, timeout: float | None) -> int | None:
+        """flock(2) the hidden file ``name`` (``.shield.lock``; made if missing) exclusively,
+        for a command whose run outlasts KCM_LOCK_TIMEOUT (a shield moves every task). Waits at
+        most ``timeout`` seconds, or not at all for ``None`` (then ``None`` if it is held).
+        Returns the descriptor: closing it releases the lock. The state lock stays free
+        meanwhile, for everything else kcm does."""
+        import fcntl
+
+        if not name.startswith(".") or name.startswith(TMP_PREFIX) or "/" in name:
+            raise AssertionError(name)
+        path = f"{self.path}/{name}"
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            fd = os.open(name, flags, 0o644, dir_fd=self._fd)
+        except OSError as e:
+            raise StateError(f"cannot open {path}: {_why(e)}") from None
+        fd = _vetted(fd, path, _S_IFREG, self._trust)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if timeout is None or not _wait_for_lock(fd, fcntl.LOCK_EX, timeout):
+                os.close(fd)
+                if timeout is None:
+                    return None
+                raise LockTimeoutError(
+                    f"could not lock {path} within {timeout:g}s (KCM_LOCK_TIMEOUT): another"
+                    " kcm shield or unshield is running"
+                ) from None
+        return fd
+
     def write_hidden(self, name: str, data: str) -> None:
         """Replace the hidden file ``name`` at the top of the state, atomically and durably;
         first remove the temp files of ``name`` that killed writers left."""

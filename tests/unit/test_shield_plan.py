@@ -233,6 +233,33 @@ def test_v1_a_leftover_system_cpuset_blocks_the_shield() -> None:
     assert kernel.store.text is None  # nothing written, nothing changed
 
 
+def test_v1_the_levels_above_the_states_subtree_are_not_narrowed() -> None:
+    # kcm.host.cgroups nests a state's bookings as /<parent>/<state id>/<pool>/<list>/...:
+    # narrowing /kcm would narrow every booking below it.
+    cg = CgroupView(
+        "v1",
+        "cpuset",
+        (
+            cpuset("/", "0-3", load_balance=True),
+            cpuset("/kcm", "0-3", load_balance=True),
+            cpuset("/kcm/etc-kcm", "0-3", load_balance=True),
+            cpuset("/kcm/etc-kcm/dataplane", "0-3", load_balance=True),
+            cpuset("/kcm/etc-kcm/dataplane/3", "3", load_balance=True),
+        ),
+        "/kcm/etc-kcm",
+    )
+    plan = plan_shield(host(cg, task(1, "init", "0-3")), DP)
+    narrowed = [c["path"] for c in ops(plan) if str(c.get("path")).endswith("/cpuset.cpus")]
+    assert narrowed == []
+    balancing = [c["what"] for c in ops(plan) if str(c.get("path")).endswith("_load_balance")]
+    assert balancing == [
+        "cpuset /",
+        "cpuset /kcm",
+        "cpuset /kcm/etc-kcm",
+        "cpuset /kcm/etc-kcm/dataplane",
+    ]  # the list's own cpuset balances its CPU alone
+
+
 def test_v1_booked_processes_in_the_root_stay() -> None:
     cg = CgroupView("v1", "cpuset", (cpuset("/", "0-3", load_balance=True),), "/kcm")
     view = host(cg, task(1, "init", "0-3"), task(90, "l2fwd", "3"), bookings=frozenset({90}))
@@ -451,7 +478,6 @@ def test_systemd_owned_v2_tree_uses_allowed_cpus_on_its_slices() -> None:
     assert not any(c["op"] in ("mkdir", "move-tasks") for c in ops(plan))  # systemd's tree
 
 
-
 def test_systemd_with_kcm_inside_system_slice_narrows_its_other_units() -> None:
     # KCM_CGROUP_PARENT=system.slice/kcm-bookings.service: narrowing system.slice would narrow
     # the bookings, so its other units are narrowed one by one, and the operator is told.
@@ -516,6 +542,7 @@ def test_v2_bookings_held_by_pid_alone_keep_their_cpus_from_a_partition() -> Non
     assert "(PIDs 90)" in refusal.why and not refusal.blocking
     moves = [c for c in ops(plan) if c["op"] == "move-tasks"]
     assert [m["keep"] for m in moves] == [[90]]
+
 
 # -- interrupts and irqbalance -----------------------------------------------------------------
 

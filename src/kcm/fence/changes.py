@@ -59,8 +59,13 @@ def same(compare: Compare, a: str, b: str) -> bool:
     except ParseError:
         return a.strip() == b.strip()
     if compare is Compare.CONTROLLERS:
-        return ("cpuset" in a.split()) == ("cpuset" in b.split())
+        return _has_cpuset(a) == _has_cpuset(b)
     return a.strip() == b.strip()
+
+
+def _has_cpuset(controllers: str) -> bool:
+    # A kernel lists controllers; a fake tree's file keeps the "+cpuset" written into it.
+    return "cpuset" in {word.removeprefix("+") for word in controllers.split()}
 
 
 @dataclass(frozen=True, slots=True)

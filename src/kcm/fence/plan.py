@@ -370,8 +370,15 @@ class _Builder:
                 self.pins.append(Pin(task.pid, task.tid, task.start_time, task.allowed))
 
     def _foreign(self, cg: CgroupView, path: str, system: str) -> bool:
-        """A cgroup that is neither kcm's subtree, the system cgroup nor the root."""
-        return not (path == "/" or _under(path, cg.kcm_subtree) or _under(path, system))
+        """A cgroup that is neither kcm's subtree, a level above it (``/kcm`` above
+        ``/kcm/<state id>``: narrowing it would narrow the bookings), the system cgroup nor
+        the root."""
+        return not (
+            path == "/"
+            or _under(path, cg.kcm_subtree)
+            or _under(cg.kcm_subtree, path)
+            or _under(path, system)
+        )
 
     def v1(self, cg: CgroupView) -> None:
         online = self.view.online

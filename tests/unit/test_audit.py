@@ -6,6 +6,7 @@ import pytest
 
 from kcm.fence.audit import (
     AuditInput,
+    CpuAudit,
     DataplaneList,
     Ran,
     Sample,
@@ -288,3 +289,58 @@ def test_a_thread_moved_off_while_asleep_is_no_intruder_until_it_runs_there() ->
 
     assert judge(moved) == []
     assert judge(thread(3, 90, 0, "0-2", pid=400)) == [(400, Ran.YES)]
+
+
+def judge_one(start: list[ThreadSample], end: list[ThreadSample], **kw: object) -> CpuAudit:
+    lists = (DataplaneList("3", frozenset({3}), ()),)
+    fields: dict[str, object] = {
+        "conf_dir": "/etc/kcm",
+        "lists": lists,
+        "bookings": {},
+        "start": sample(0.0, start, {}),
+        "end": sample(1.0, end, {}),
+        "irqs": (),
+        "isolation": ISOLATION,
+        "cpusets": None,
+    }
+    fields.update(kw)
+    (cpu,) = audit(AuditInput(**fields)).cpus  # type: ignore[arg-type]
+    return cpu
+
+
+def test_a_kernel_thread_the_kernel_will_not_move_intrudes_only_once_it_runs_there() -> None:
+    # A per-CPU workqueue's rescuer (6.1: "kblockd"; 6.12: "kworker/R-kblockd") is allowed on
+    # every CPU and PF_NO_SETAFFINITY: no fence moves it. Asleep, it is listed apart.
+    rescuer = thread(1, 10, 0, "0-3", pid=56, kernel=True, fixed=True, comm="kworker/R-kblockd")
+    cpu = judge_one([rescuer], [rescuer])
+    assert cpu.threads == () and cpu.clean
+    assert [(t.pid, t.command) for t in cpu.unmovable_threads] == [(56, "kworker/R-kblockd")]
+    woke = thread(3, 90, 1, "0-3", pid=56, kernel=True, fixed=True, comm="kworker/R-kblockd")
+    cpu = judge_one([rescuer], [woke])
+    assert [(t.pid, t.ran, t.movable) for t in cpu.threads] == [(56, Ran.YES, False)]
+    assert cpu.unmovable_threads == ()
+
+
+def test_an_irq_steered_off_but_not_yet_moved_is_moving_until_it_fires_there() -> None:
+    # x86 moves an IRQ when it next fires: its effective affinity names the old CPU until then.
+    steered = IrqAffinity(1, frozenset({0, 1, 2}), frozenset({3}), True, "i8042")
+    cpu = judge_one([], [], irqs=(steered,))
+    assert cpu.irqs == () and cpu.clean
+    assert [i.irq for i in cpu.moving_irqs] == [1]
+    lists = (DataplaneList("3", frozenset({3}), ()),)
+    fired = AuditInput(
+        conf_dir="/etc/kcm",
+        lists=lists,
+        bookings={},
+        start=sample(0.0, [], {"1": 5}),
+        end=sample(1.0, [], {"1": 6}),
+        irqs=(steered,),
+        isolation=ISOLATION,
+        cpusets=None,
+    )
+    (cpu,) = audit(fired).cpus
+    assert [(i.irq, i.count) for i in cpu.irqs] == [(1, 1)] and cpu.moving_irqs == ()
+    # still allowed there: an intruder whether or not it fired
+    allowed = IrqAffinity(1, frozenset({0, 1, 2, 3}), frozenset({3}), True, "i8042")
+    cpu = judge_one([], [], irqs=(allowed,))
+    assert [i.irq for i in cpu.irqs] == [1]

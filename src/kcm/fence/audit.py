@@ -110,6 +110,18 @@ class PerCpuThread:
 
 
 @dataclass(frozen=True, slots=True)
+class UnmovableThread:
+    """A kernel thread allowed on the CPU that the kernel will not move (PF_NO_SETAFFINITY:
+    the rescuers of per-CPU workqueues, an idle unbound worker of an old pool) and that was
+    not seen running there: no fence can move it at run time, and it intrudes once it runs."""
+
+    pid: int
+    tid: int
+    command: str
+    allowed: frozenset[int] | None
+
+
+@dataclass(frozen=True, slots=True)
 class IrqFinding:
     irq: int
     name: str
@@ -135,6 +147,8 @@ class CpuAudit:
     threads: tuple[ThreadFinding, ...]
     per_cpu_threads: tuple[PerCpuThread, ...]
     irqs: tuple[IrqFinding, ...]
+    unmovable_threads: tuple[UnmovableThread, ...]
+    moving_irqs: tuple[IrqFinding, ...]  # steered off, not yet moved: see audit()
     interrupts_per_s: float
     softirqs_per_s: float
     softirqs: tuple[tuple[str, float], ...]
@@ -343,6 +357,7 @@ def audit(inp: AuditInput) -> AuditReport:
         for cpu in sorted(cl.cpus):
             threads: list[ThreadFinding] = []
             per_cpu: list[PerCpuThread] = []
+            unmovable: list[UnmovableThread] = []
             for s, e, t, allowed in seen:
                 here = any(x is not None and x.processor == cpu for x in (s, e))
                 if not (here or (allowed is not None and cpu in allowed)):
@@ -356,6 +371,9 @@ def audit(inp: AuditInput) -> AuditReport:
                 if ran is Ran.NO and allowed is not None and cpu not in allowed:
                     # Its last CPU, from before its affinity was narrowed while it slept: it
                     # can no longer run here, and did not.
+                    continue
+                if t.kernel and t.no_setaffinity and ran in (Ran.NO, Ran.NOT_SEEN):
+                    unmovable.append(UnmovableThread(t.pid, t.tid, t.comm, allowed))
                     continue
                 threads.append(
                     ThreadFinding(
@@ -373,6 +391,7 @@ def audit(inp: AuditInput) -> AuditReport:
                 )
             threads.sort(key=lambda f: (RAN_ORDER[f.ran], f.pid, f.tid))
             irqs = []
+            moving = []
             for irq in inp.irqs:
                 label = str(irq.irq)
                 before = inp.start.interrupts.count(label, cpu)
@@ -380,16 +399,21 @@ def audit(inp: AuditInput) -> AuditReport:
                 count = max(0, after - before) if before is not None and after is not None else 0
                 if cpu in irq.fires_on or count:
                     name = irq.name or inp.end.interrupts.names.get(label, "")
-                    irqs.append(
-                        IrqFinding(
-                            irq.irq,
-                            name,
-                            irq.fires_on,
-                            irq.effective is not None,
-                            irq.settable,
-                            count,
-                        )
+                    finding = IrqFinding(
+                        irq.irq,
+                        name,
+                        irq.fires_on,
+                        irq.effective is not None,
+                        irq.settable,
+                        count,
                     )
+                    # On x86 an IRQ steered away moves when it next fires: until then its
+                    # effective affinity still names the CPU. Quiet meanwhile, it is moving,
+                    # not intruding; one that fired here intrudes.
+                    if not count and cpu not in irq.allowed:
+                        moving.append(finding)
+                    else:
+                        irqs.append(finding)
             irq_pct, softirq_pct = _time_pct(inp.start.cpu_times, inp.end.cpu_times, cpu)
             cpus.append(
                 CpuAudit(
@@ -399,6 +423,8 @@ def audit(inp: AuditInput) -> AuditReport:
                     threads=tuple(threads),
                     per_cpu_threads=tuple(per_cpu),
                     irqs=tuple(irqs),
+                    unmovable_threads=tuple(unmovable),
+                    moving_irqs=tuple(moving),
                     interrupts_per_s=_rate(inp.start.interrupts, inp.end.interrupts, cpu, elapsed),
                     softirqs_per_s=_rate(inp.start.softirqs, inp.end.softirqs, cpu, elapsed),
                     softirqs=_softirq_rates(inp.start.softirqs, inp.end.softirqs, cpu, elapsed),

@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 
 from kcm import cpulist
-from kcm.fence.audit import AuditReport, CpuAudit
+from kcm.fence.audit import AuditReport, CpuAudit, IrqFinding
 from kcm.host.isolation import BOOT_PARAMETERS, BootParameter
 
 JSON_VERSION = 1
@@ -24,6 +24,17 @@ def _param(param: BootParameter | None) -> dict[str, object] | None:
         "raw": param.raw,
         "flags": list(param.flags),
         "cpus": "all" if param.all else _cpus(param.cpus),
+    }
+
+
+def _irq_json(i: IrqFinding) -> dict[str, object]:
+    return {
+        "irq": i.irq,
+        "name": i.name,
+        "affinity": cpulist.format(i.affinity),
+        "affinity_source": "effective" if i.effective else "smp",
+        "settable": i.settable,
+        "count": i.count,
     }
 
 
@@ -51,17 +62,12 @@ def _cpu_json(cpu: CpuAudit) -> dict[str, object]:
         "per_cpu_kernel_threads": [
             {"pid": t.pid, "tid": t.tid, "command": t.command} for t in cpu.per_cpu_threads
         ],
-        "irqs": [
-            {
-                "irq": i.irq,
-                "name": i.name,
-                "affinity": cpulist.format(i.affinity),
-                "affinity_source": "effective" if i.effective else "smp",
-                "settable": i.settable,
-                "count": i.count,
-            }
-            for i in cpu.irqs
+        "irqs": [_irq_json(i) for i in cpu.irqs],
+        "unmovable_kernel_threads": [
+            {"pid": t.pid, "tid": t.tid, "command": t.command, "allowed": _cpus(t.allowed)}
+            for t in cpu.unmovable_threads
         ],
+        "moving_irqs": [_irq_json(i) for i in cpu.moving_irqs],
         "interrupts_per_s": round(cpu.interrupts_per_s, 1),
         "softirqs_per_s": round(cpu.softirqs_per_s, 1),
         "softirqs_per_s_by_type": {name: round(rate, 1) for name, rate in cpu.softirqs},
@@ -201,9 +207,18 @@ def _cpu_table(cpu: CpuAudit, report: AuditReport) -> list[str]:
         lines += _columns(("IRQ", "COUNT", "AFFINITY", "SETTABLE", "NAME"), irq_rows, {0, 1})
     else:
         lines.append("  IRQs            none")
+    if cpu.moving_irqs:
+        names = ", ".join(f"{i.irq} ({i.name or 'unnamed'})" for i in cpu.moving_irqs)
+        lines.append(f"  IRQs steered off, moving when they next fire (none fired here): {names}")
     if cpu.per_cpu_threads:
         names = ", ".join(f"{t.command} ({t.tid})" for t in cpu.per_cpu_threads)
         lines.append(f"  per-CPU kernel threads, bound here by design: {names}")
+    if cpu.unmovable_threads:
+        names = ", ".join(f"{t.command} ({t.tid})" for t in cpu.unmovable_threads)
+        lines.append(
+            "  kernel threads allowed here that the kernel will not move, not seen running"
+            f" here: {names}"
+        )
     return lines
 
 

@@ -403,3 +403,31 @@ def test_a_corrupt_record_is_an_error_naming_it_and_never_acted_on(tmp_path: Pat
         with pytest.raises(StateError, match=r"\.shield\.json: invalid shield record"):
             main(conf, quiet=True, make_host=factory(host, tmp_path))
     assert fixed_files(host) == before
+
+
+def test_keep_fence_moves_an_irq_steered_back_and_says_so(tmp_path: Path) -> None:
+    conf = state_for(tmp_path)
+    host = with_booking(plain_host(str(tmp_path)), conf)
+    make = factory(host, tmp_path)
+    assert run.keep_fence(conf, make_host=make) is None  # not shielded: nothing to keep
+    run.shield_main(conf, quiet=True, make_host=make)
+    record = read(f"{conf}/.shield.json")
+    Path(f"{host.proc}/irq/36/smp_affinity_list").write_text("3\n")
+    kept = run.keep_fence(conf, make_host=make)
+    assert kept is not None and kept.failed == ()
+    irq_moves = [m for m in kept.moves if m.kind == "IRQs"]
+    assert [m.line() for m in irq_moves] == ["kcm reconcile: fence: IRQs: IRQ 36 (eth0-rx-0)"]
+    assert read(f"{host.proc}/irq/36/smp_affinity_list") == "0-2\n"
+    assert read(f"{conf}/.shield.json") == record  # the same plan: nothing new to record
+    # a shield or unshield under way holds .shield.lock: the pass leaves the fence to it
+    with StateDir(conf, writer=True) as state:
+        held = state.hold_run_lock(run.RUN_LOCK, None)
+        try:
+            Path(f"{host.proc}/irq/36/smp_affinity_list").write_text("3\n")
+            assert run.keep_fence(conf, make_host=make) is None
+            assert read(f"{host.proc}/irq/36/smp_affinity_list") == "3\n"
+        finally:
+            assert held is not None
+            os.close(held)
+    run.unshield_main(conf, quiet=True, make_host=make)
+    assert run.keep_fence(conf, make_host=make) is None

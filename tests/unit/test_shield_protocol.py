@@ -6,6 +6,7 @@ nothing is changed before the record names it."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 
 import pytest
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from kcm import cpulist
 from kcm.fence import record as rec
-from kcm.fence.protocol import Outcome, shield, unshield
+from kcm.fence.protocol import Outcome, keep, shield, unshield
 from tests.fixtures.fakekernel import (
     Clock,
     Crash,
@@ -319,3 +320,80 @@ def test_nothing_changes_before_the_record_is_saved(kill_at: int) -> None:
     assert killed(lambda: shield(k.store, k, lists))
     assert k.observable() == kernel.observable()
     assert (k.store.text is None) == (kill_at == 0)
+
+
+# -- reconcile keeps the fence -------------------------------------------------------------
+
+
+def test_keep_moves_only_what_appeared_since_and_the_record_first() -> None:
+    kernel, lists = v1_host()
+    k = shielded(kernel, lists)
+    record = k.store.text
+    # A process started in the root (a daemon kthreadd's child, say) and an IRQ steered back.
+    k.tasks[200] = KTask(200, 200, "late", frozenset(range(4)), start_time=200)
+    k.irqs[36].allowed = "3"
+    report = keep(k.store, k, lists)
+    assert report is not None
+    done = sorted(
+        tuple(map(str, r.step.change.key)) for r in report.results if r.outcome is Outcome.DONE
+    )
+    assert done == [
+        ("move-tasks", "cpuset", "cpuset/kcm-system"),
+        ("write", "proc", "irq/36/smp_affinity_list"),
+    ]
+    assert (k.tasks[200].cgroup, k.tasks[200].allowed) == ("/kcm-system", frozenset({0, 1, 2}))
+    assert k.irqs[36].allowed == "0-2"
+    assert k.store.text == record  # nothing new to record: the same plan, done again
+    ops = k.clock.ops
+    again = keep(k.store, k, lists)
+    assert again is not None and not [r for r in again.results if r.outcome is Outcome.DONE]
+    assert k.clock.ops == ops  # a pass with nothing to move changes nothing, writes nothing
+
+
+def test_keep_records_a_new_change_before_making_it() -> None:
+    kernel, lists = v1_host()
+    k = shielded(kernel, lists)
+    k.irqs[40] = KIrq(40, "2-3", name="eth1")  # a device that appeared since
+    report = keep(k.store, k, lists)  # FakeKernel asserts each change is recorded first
+    assert report is not None
+    stored = k.store.load()
+    assert stored is not None and stored.phase == rec.SHIELDED
+    assert any(c.key == ("write", "proc", "irq/40/smp_affinity_list") for c in stored.changes)
+    assert k.irqs[40].allowed == "2"
+    unshield(k.store, k)
+    kernel.irqs[40] = KIrq(40, "2-3", name="eth1")
+    assert k.observable() == kernel.observable()
+
+
+def test_keep_leaves_a_host_that_is_not_shielded_alone() -> None:
+    kernel, lists = v1_host()
+    k = fresh(kernel)
+    assert keep(k.store, k, lists) is None  # no record
+    shield(k.store, k, lists)
+    k = resume(k, 0)
+    assert killed(lambda: unshield(k.store, k))  # killed before the record said unshielding
+    k = resume(k)
+    stored = k.store.load()
+    assert stored is not None
+    k.store.text = rec.to_text(replace(stored, phase=rec.UNSHIELDING))
+    before = k.observable()
+    assert keep(k.store, k, lists) is None
+    assert k.observable() == before
+
+
+@SETTINGS
+@given(hosts(), st.integers(0, 200))
+def test_keep_killed_anywhere_then_unshield_restores_the_host(
+    host: tuple[FakeKernel, Lists], kill_at: int
+) -> None:
+    kernel, lists = host
+    k = shielded(kernel, lists)
+    k = resume(k, kill_at)
+    k.tasks[300] = KTask(300, 300, "late", k.requested("/"), start_time=300)
+    with_late = copy_kernel(kernel, Clock(), MemoryStore(Clock()))
+    with_late.tasks[300] = KTask(300, 300, "late", with_late.requested("/"), start_time=300)
+    killed(lambda: keep(k.store, k, lists))
+    k = resume(k)
+    unshield(k.store, k)
+    assert k.store.text is None
+    assert k.observable() == with_late.observable()

@@ -26,6 +26,12 @@ Why a ``kill -9`` at any instant leaves a host the next run brings to a known st
 
 Both are idempotent: a second shield finds every step done; an unshield without a record has
 nothing to do.
+
+6. While the record says shielded, ``keep`` (each reconcile pass) runs shield's re-plan again:
+   the same plan, plus what appeared since (a process started in the root, a kernel thread
+   kthreadd made, an IRQ steered back onto a dataplane CPU), and ensures it all. Only what is
+   new moves, since every other step finds its target done. The record is saved, first, only
+   when the plan has a change the record lacks.
 """
 
 from __future__ import annotations
@@ -133,6 +139,26 @@ def shield(store: RecordStore, host: Host, lists: Mapping[str, frozenset[int]]) 
     if not any(r.outcome is Outcome.FAILED for r in results):
         store.save(replace(record, phase=rec.SHIELDED, stale=()))
     return Report(results, plan.refusals, plan.notices, stale_boot, plan=plan)
+
+
+def keep(store: RecordStore, host: Host, lists: Mapping[str, frozenset[int]]) -> Report | None:
+    """Keep a shielded host shielded: fence what appeared since. ``None`` unless the record
+    (of this boot) says shielded: a shield or unshield under way, or none, is left alone."""
+    view = host.read()
+    previous, _ = _current(store, view.boot_id)
+    if previous is None or previous.phase != rec.SHIELDED:
+        return None
+    plan = plan_shield(original_view(view, previous), lists)
+    if any(r.blocking for r in plan.refusals):
+        return Report(refusals=plan.refusals, plan=plan)
+    record = next_record(plan, previous, view.boot_id)
+    grown = record.changes != previous.changes or bool(record.stale)
+    if grown:
+        store.save(record)  # before any change, as shield does
+    results = tuple(host.run(step) for step in apply_steps(record))
+    if grown and not any(r.outcome is Outcome.FAILED for r in results):
+        store.save(replace(record, phase=rec.SHIELDED, stale=()))
+    return Report(results, plan.refusals, plan.notices, plan=plan)
 
 
 def unshield(store: RecordStore, host: Host) -> Report:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from kcm import cpulist
 from kcm.errors import EnvironmentProblem, StateError
+from kcm.fence import record as rec
 from kcm.fence.changes import Affinity, MakeCgroup, MoveTasks, Pin, Root, UnitProperty, Write
 from kcm.fence.plan import DEFAULT_SMP_AFFINITY, WORKQUEUE_CPUMASK
-from kcm.fence.protocol import Host, Outcome, Report, StepResult, shield, unshield
+from kcm.fence.protocol import Host, Outcome, Report, StepResult, keep, shield, unshield
 from kcm.fence.store import StateRecordStore
 from kcm.state import StateDir, StateReader, lock_timeout
 
@@ -95,6 +97,69 @@ def unshield_main(conf_dir: str, *, quiet: bool, make_host: HostFactory = real_h
             sys.stderr.write(f"kcm: warning: {result.detail}\n")
     finish(report, "unshield")
     return 0
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """One thing a reconcile pass fenced again: its kind (as shield's lines say it), what, and
+    how much (``3 moved`` for tasks)."""
+
+    kind: str
+    what: str
+    detail: str
+
+    def line(self) -> str:
+        return f"kcm reconcile: fence: {self.kind}: {self.what}" + (
+            f": {self.detail}" if self.detail else ""
+        )
+
+    def as_json(self) -> dict[str, str]:
+        return {"kind": self.kind, "what": self.what, "detail": self.detail}
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """What one reconcile pass did to keep the fence: the moves, and the steps that failed."""
+
+    moves: tuple[Move, ...]
+    failed: tuple[str, ...]
+
+
+def keep_fence(conf_dir: str, *, make_host: HostFactory = real_host) -> Kept | None:
+    """The fence's part of a reconcile pass: while the record says shielded, fence what
+    appeared since (``kcm.fence.protocol.keep``). ``None`` when there is no shield to keep:
+    no record, one of another phase or boot, or a shield or unshield holding .shield.lock (it
+    is doing the job). One read of the record when there is none: reconcile's cost."""
+    with StateReader(conf_dir) as state:
+        state.lock(lock_timeout())
+        text = state.read_hidden(rec.NAME)
+    if text is None:
+        return None
+    try:
+        if rec.parse(text).phase != rec.SHIELDED:
+            return None
+    except ValueError as e:
+        raise StateError(f"{conf_dir}/{rec.NAME}: invalid shield record: {e}") from None
+    with StateDir(conf_dir, writer=True) as state:
+        run_lock = state.hold_run_lock(RUN_LOCK, None)
+        if run_lock is None:
+            return None
+        try:
+            lists, roots = read_dataplane(conf_dir)
+            report = keep(
+                StateRecordStore(conf_dir), make_host(conf_dir, sorted(lists), roots), lists
+            )
+        finally:
+            os.close(run_lock)
+    if report is None:
+        return None
+    moves = tuple(
+        Move(kind_of(r), what_of(r), r.detail)
+        for r in report.results
+        if r.outcome is Outcome.DONE and r.step.action == "ensure"
+    )
+    failed = tuple(r.detail for r in report.results if r.outcome is Outcome.FAILED)
+    return Kept(moves, failed)
 
 
 def say(lines: list[str], quiet: bool) -> None:

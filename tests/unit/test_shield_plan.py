@@ -693,6 +693,23 @@ def test_the_record_format_round_trips_and_refuses_garbage() -> None:
         (text.replace('"op": "pin"', '"op": "rm -rf"'), "unknown change 'rm -rf'"),
         (text.replace('"cpuset/kcm-system"', '"../../etc"'), "is not relative to its root"),
         (text.replace('"tasks"', '"release_agent"'), "unknown file 'release_agent'"),
+        # a record names only what a shield writes: no other file under any root
+        (
+            text.replace("cpuset/docker/cpuset.cpus", "cpuset/release_agent"),
+            "a shield never writes cgroup/cpuset/release_agent",
+        ),
+        (
+            text.replace("devices/virtual/workqueue/cpumask", "power/state"),
+            "a shield never writes sys/power/state",
+        ),
+        (
+            text.replace("irq/default_smp_affinity", "sys/kernel/core_pattern"),
+            "a shield never writes proc/sys/kernel/core_pattern",
+        ),
+        (
+            text.replace('"cpuset.mems"', '"notify_on_release"'),
+            "a shield writes only cpuset.cpus and cpuset.mems",
+        ),
     ):
         with pytest.raises(ValueError, match=why):
             rec.parse(bad)

@@ -234,6 +234,48 @@ def _relative(path: str) -> str:
     return path
 
 
+# What a shield may write, and nothing else: a record that names another file is refused
+# whole, so a record someone could write is no way to make root write anywhere else.
+CGROUP_FILES = frozenset(
+    {
+        "cpuset.cpus",
+        "cpuset.mems",
+        "cpuset.sched_load_balance",
+        "cpuset.cpus.partition",
+        "cpuset.cpus.exclusive",
+        "cgroup.subtree_control",
+    }
+)
+SYS_FILES = frozenset({"devices/virtual/workqueue/cpumask"})
+UNIT_PROPERTIES = frozenset({"AllowedCPUs"})
+_UNIT_SUFFIXES = (".slice", ".scope", ".service")
+
+
+def _writable(root: Root, path: str) -> str:
+    """``path`` if a shield may write it under ``root``; else a ParseError."""
+    parts = path.split("/")
+    if root is Root.CGROUP:
+        ok = parts[-1] in CGROUP_FILES
+    elif root is Root.SYS:
+        ok = path in SYS_FILES
+    else:
+        ok = path == "irq/default_smp_affinity" or (
+            len(parts) == 3
+            and parts[0] == "irq"
+            and parts[1].isdigit()
+            and parts[2] == "smp_affinity_list"
+        )
+    if not ok:
+        raise ParseError(f"'write' change: a shield never writes {root}/{path[:80]}")
+    return path
+
+
+def _unit(name: str) -> str:
+    if not name.endswith(_UNIT_SUFFIXES) or "/" in name or name.startswith(("-", ".")):
+        raise ParseError(f"'systemd' change: {name[:80]!r} is not a slice, scope or service")
+    return name
+
+
 _FIELDS = {
     "write": {"op", "root", "path", "compare", "prior", "new", "what", "identity"},
     "mkdir": {"op", "path", "files", "evacuate"},
@@ -261,7 +303,7 @@ def from_json(doc: object) -> Change:
             raise ParseError(f"'write' change: {e}") from None
         return Write(
             root,
-            _relative(_str(doc, "path")),
+            _writable(root, _relative(_str(doc, "path"))),
             compare,
             _str(doc, "prior"),
             _str(doc, "new"),
@@ -275,6 +317,8 @@ def from_json(doc: object) -> Change:
             for f in files
         ):
             raise ParseError("'mkdir' change: 'files' is not a list of [name, value]")
+        if not all(f[0] in ("cpuset.cpus", "cpuset.mems") for f in files):
+            raise ParseError("'mkdir' change: a shield writes only cpuset.cpus and cpuset.mems")
         return MakeCgroup(
             _relative(_str(doc, "path")),
             tuple((f[0], f[1]) for f in files),
@@ -307,6 +351,7 @@ def from_json(doc: object) -> Change:
             _str(doc, "new"),
             _str(doc, "what"),
         )
-    return UnitProperty(
-        _str(doc, "unit"), _str(doc, "property"), _str(doc, "prior"), _str(doc, "new")
-    )
+    name = _str(doc, "property")
+    if name not in UNIT_PROPERTIES:
+        raise ParseError(f"'systemd' change: a shield never sets {name[:40]!r}")
+    return UnitProperty(_unit(_str(doc, "unit")), name, _str(doc, "prior"), _str(doc, "new"))

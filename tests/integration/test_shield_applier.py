@@ -431,3 +431,20 @@ def test_keep_fence_moves_an_irq_steered_back_and_says_so(tmp_path: Path) -> Non
             os.close(held)
     run.unshield_main(conf, quiet=True, make_host=make)
     assert run.keep_fence(conf, make_host=make) is None
+
+
+def test_a_record_others_may_write_is_refused_unread(tmp_path: Path) -> None:
+    # Whoever may write the record may make root write what it says: it is held to the
+    # state's rules, never read when group or others may write it.
+    conf = state_for(tmp_path)
+    host = with_booking(plain_host(str(tmp_path)), conf)
+    make = factory(host, tmp_path)
+    run.shield_main(conf, quiet=True, make_host=make)
+    os.chmod(f"{conf}/.shield.json", 0o664)
+    before = fixed_files(host)
+    for main in (run.shield_main, run.unshield_main):
+        with pytest.raises(StateError, match=r"\.shield\.json is group-writable"):
+            main(conf, quiet=True, make_host=make)
+    with pytest.raises(StateError, match=r"\.shield\.json is group-writable"):
+        run.keep_fence(conf, make_host=make)
+    assert fixed_files(host) == before

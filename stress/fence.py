@@ -296,11 +296,13 @@ def state(conf: str, command: str = "sleep 3600") -> Iterator[Fixture]:
 
 @dataclass
 class Trials:
-    shield_kills: int = 0
-    unshield_kills: int = 0
-    killed_before_record: int = 0  # no record yet when the kill landed
-    killed_mid_way: int = 0  # a record in shielding/unshielding when the kill landed
-    finished_first: int = 0  # the command was done before the kill
+    """Per command (``shield``, ``unshield``): runs killed before their first save of the
+    record, killed after it (mid-way: steps done, others not), and runs that finished first."""
+
+    killed_before_save: dict[str, int] = field(default_factory=lambda: {"shield": 0, "unshield": 0})
+    killed_after_save: dict[str, int] = field(default_factory=lambda: {"shield": 0, "unshield": 0})
+    finished_first: dict[str, int] = field(default_factory=lambda: {"shield": 0, "unshield": 0})
+    spans: dict[str, float] = field(default_factory=dict)  # a clean run, and its first save
     failures: list[str] = field(default_factory=list)
 
 
@@ -322,37 +324,58 @@ def record_phase(conf: str) -> str | None:
     return None if text is None else str(json.loads(text)["phase"])
 
 
+def timed_run(args: list[str], conf: str, saved: str) -> tuple[float, float]:
+    """A clean ``kcm <args>``: how long it took, and when the record first said ``saved``
+    (the first save, before any change), polled every 5 ms."""
+    started = time.monotonic()
+    proc = kcm_popen(*args)
+    first = None
+    while proc.poll() is None:
+        if first is None and record_phase(conf) == saved:
+            first = time.monotonic() - started
+        time.sleep(0.005)
+    span = time.monotonic() - started
+    if proc.returncode != 0:
+        raise AssertionError(f"kcm {' '.join(args)}: exit {proc.returncode}")
+    return span, span if first is None else first
+
+
 def kill_trials(fx: Fixture, trials: int, seed: int) -> Trials:
     """``trials`` times: shield killed at a random instant, shield again, compare with a clean
-    shield; unshield killed at a random instant, unshield again, compare with the start."""
+    shield; unshield killed at a random instant, unshield again, compare with the start.
+
+    Most of a run under TCG is the interpreter starting: a fifth of the kills land anywhere
+    before the record's first save, the rest between it and the end, where steps are done."""
     rng = random.Random(seed)
     conf = f"--conf-dir={fx.conf}"
     original = fence_files()
-    started = time.monotonic()
-    kcm("shield", conf, "--quiet")
-    span = time.monotonic() - started
-    shielded = fence_files()
-    kcm("unshield", conf, "--quiet")
     out = Trials()
+    windows = {}
+    windows["shield"] = timed_run(["shield", conf, "--quiet"], fx.conf, "shielding")
+    shielded = fence_files()
+    windows["unshield"] = timed_run(["unshield", conf, "--quiet"], fx.conf, "unshielding")
+    out.spans = {
+        f"{command}_{what}": round(value, 2)
+        for command, (span, first) in windows.items()
+        for what, value in (("seconds", span), ("first_save", first))
+    }
     if differences(fence_files(), original):
         out.failures.append("a clean unshield: " + "; ".join(differences(fence_files(), original)))
         return out
     for trial in range(trials):
         progress(f"kill trial {trial + 1}/{trials}")
         for command, target in (("shield", shielded), ("unshield", original)):
-            delay = rng.uniform(0.0, span * 1.2)
+            span, first = windows[command]
+            delay = rng.uniform(0, first) if rng.random() < 0.2 else rng.uniform(first, span)
             code = killed_run([command, conf, "--quiet"], delay)
             phase = record_phase(fx.conf)
+            marker = "shielding" if command == "shield" else "unshielding"
             if code is not None:
-                out.finished_first += 1
-            elif command == "shield":
-                out.shield_kills += 1
+                out.finished_first[command] += 1
+            elif phase == marker:
+                out.killed_after_save[command] += 1
             else:
-                out.unshield_kills += 1
-            if code is None and phase is None and command == "shield":
-                out.killed_before_record += 1
-            elif code is None and phase in ("shielding", "unshielding"):
-                out.killed_mid_way += 1
+                out.killed_before_save[command] += 1
             kcm(command, conf, "--quiet")
             again = differences(fence_files(), target)
             if again:
@@ -397,11 +420,13 @@ def involuntary(pid: int) -> int:
     raise AssertionError(f"no such process {pid}")
 
 
-def cpu_interrupts(cpu: int) -> int:
+def cpu_interrupts(cpu: int, irq: int | None) -> tuple[int, int, int]:
+    """Interrupts on ``cpu`` so far: all of them, IRQ ``irq``'s, and the local timer's."""
     from kcm.host.interrupts import parse_interrupts
 
     table = parse_interrupts(read("/proc/interrupts") or "")
-    return table.total(cpu)
+    source = table.count(str(irq), cpu) if irq is not None else None
+    return table.total(cpu), source or 0, table.count("LOC", cpu) or 0
 
 
 def irq_by_name(name: str) -> int | None:
@@ -417,6 +442,8 @@ class Round:
     rate: float
     involuntary_per_s: float
     interrupts_per_s: float
+    source_irq_per_s: float  # the 9p request IRQ's, on the dataplane CPU
+    timer_per_s: float  # the local timer's (LOC), on the dataplane CPU
     intruders_audit: int  # threads the audit says ran there (yes/maybe), the booking's aside
     intruders_scan: int  # threads seen on the CPU at either sample that ran meanwhile
     audit_clean: bool
@@ -480,7 +507,8 @@ def ran_there(
 def one_round(fx: Fixture, counter: str, case: str, seconds: float) -> Round:
     cpu = min(fx.dataplane)
     spin_pid, count0 = spin_state(counter)
-    inv0, irq0 = involuntary(spin_pid), cpu_interrupts(cpu)
+    irq = irq_by_name(IRQ_SOURCE_NAME)
+    inv0, irq0 = involuntary(spin_pid), cpu_interrupts(cpu, irq)
     before = seen()
     t0 = time.monotonic()
     audit = kcm(
@@ -489,7 +517,7 @@ def one_round(fx: Fixture, counter: str, case: str, seconds: float) -> Round:
     t1 = time.monotonic()
     after = seen()
     _, count1 = spin_state(counter)
-    inv1, irq1 = involuntary(spin_pid), cpu_interrupts(cpu)
+    inv1, irq1 = involuntary(spin_pid), cpu_interrupts(cpu, irq)
     elapsed = t1 - t0
     doc = json.loads(audit.stdout)
     (report,) = doc["cpus"]
@@ -500,7 +528,9 @@ def one_round(fx: Fixture, counter: str, case: str, seconds: float) -> Round:
         case=case,
         rate=(count1 - count0) / elapsed,
         involuntary_per_s=(inv1 - inv0) / elapsed,
-        interrupts_per_s=(irq1 - irq0) / elapsed,
+        interrupts_per_s=(irq1[0] - irq0[0]) / elapsed,
+        source_irq_per_s=(irq1[1] - irq0[1]) / elapsed,
+        timer_per_s=(irq1[2] - irq0[2]) / elapsed,
         intruders_audit=len(ran),
         intruders_scan=len(scan),
         audit_clean=bool(doc["clean"]),
@@ -508,7 +538,10 @@ def one_round(fx: Fixture, counter: str, case: str, seconds: float) -> Round:
     )
 
 
-CASES = ("idle", "unfenced", "fenced")
+# "apart" is the control: the same load kept off the dataplane CPU by hand (taskset and
+# smp_affinity_list, no kcm). Where "fenced" reads like it, what it loses against idle is
+# lost to the host (vCPUs that share host CPUs), not to the fence.
+CASES = ("idle", "unfenced", "fenced", "apart")
 
 
 @dataclass(frozen=True)
@@ -555,22 +588,32 @@ def measure(
             hogs.clear()
             reader = None
 
+    online = frozenset(range(os.cpu_count() or 1))
+    others = online - fx.dataplane
     time.sleep(warmup)
     try:
         for r in range(rounds):
-            order = CASES[r % 3 :] + CASES[: r % 3]
+            order = CASES[r % len(CASES) :] + CASES[: r % len(CASES)]
             for case in order:
                 load(case != "idle")
+                steer = str(min(fx.dataplane))
                 if case == "fenced":
                     kcm("shield", conf, "--quiet")
-                elif irq is not None:
+                elif case == "apart":
+                    steer = cpulist.format(others)
+                    for p in [*hogs, *([reader] if reader else [])]:
+                        os.sched_setaffinity(p.pid, others)
+                if irq is not None and case != "fenced":
                     # Unfenced, the interrupt source fires on the dataplane CPU, as it may on a
-                    # host nobody steered.
-                    Path(f"/proc/irq/{irq}/smp_affinity_list").write_text(str(min(fx.dataplane)))
+                    # host nobody steered; apart, off it by hand.
+                    Path(f"/proc/irq/{irq}/smp_affinity_list").write_text(steer)
                 progress(f"round {r + 1}/{rounds}: {case}")
                 out.append(one_round(fx, counter, case, seconds))
                 if case == "fenced":
                     kcm("unshield", conf, "--quiet")
+                elif case == "apart":
+                    for p in [*hogs, *([reader] if reader else [])]:
+                        os.sched_setaffinity(p.pid, online)
     finally:
         load(False)
     return out
@@ -590,6 +633,8 @@ def summary(rounds: list[Round], skip_first: int = 0) -> dict[str, dict[str, flo
             "involuntary_per_s": statistics.median(r.involuntary_per_s for r in these),
             "involuntary_per_s_max": max(r.involuntary_per_s for r in these),
             "interrupts_per_s": statistics.median(r.interrupts_per_s for r in these),
+            "source_irq_per_s": statistics.median(r.source_irq_per_s for r in these),
+            "timer_per_s": statistics.median(r.timer_per_s for r in these),
             "intruders_audit_max": max(r.intruders_audit for r in these),
             "intruders_scan_max": max(r.intruders_scan for r in these),
             "audit_clean_rounds": sum(r.audit_clean for r in these),

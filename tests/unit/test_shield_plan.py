@@ -260,6 +260,38 @@ def test_v1_the_levels_above_the_states_subtree_are_not_narrowed() -> None:
     ]  # the list's own cpuset balances its CPU alone
 
 
+def test_v1_a_thread_pinned_to_housekeeping_cpus_keeps_them_through_the_move() -> None:
+    # Before 6.2 the kernel sets a moved task's affinity to its new cpuset's CPUs: a daemon
+    # taskset to 0-1 would come out on 0-2. The shield sets 0-1 again after the move (and
+    # unshield, undoing last first, gets back to where it was).
+    cg = CgroupView("v1", "cpuset", (cpuset("/", "0-3", load_balance=True),), "/kcm")
+    view = host(cg, task(1, "init", "0-3"), task(80, "daemon", "0-1"), task(81, "spans", "2-3"))
+    changes = ops(plan_shield(view, DP))
+    assert [c for c in changes if c["op"] in ("pin", "affinity")] == [
+        {"op": "pin", "pid": 80, "tid": 80, "start_time": 80, "prior": "0-1"},
+        {"op": "pin", "pid": 81, "tid": 81, "start_time": 81, "prior": "2-3"},
+        {
+            "op": "affinity",
+            "pid": 80,
+            "tid": 80,
+            "start_time": 80,
+            "prior": "0-2",
+            "new": "0-1",
+            "what": "thread daemon (80)",
+        },
+        {
+            "op": "affinity",
+            "pid": 81,
+            "tid": 81,
+            "start_time": 81,
+            "prior": "0-2",
+            "new": "2",
+            "what": "thread spans (81)",
+        },
+    ]
+    kinds = [c["op"] for c in changes]
+    assert kinds.index("move-tasks") < kinds.index("affinity")  # after the move
+
 def test_v1_booked_processes_in_the_root_stay() -> None:
     cg = CgroupView("v1", "cpuset", (cpuset("/", "0-3", load_balance=True),), "/kcm")
     view = host(cg, task(1, "init", "0-3"), task(90, "l2fwd", "3"), bookings=frozenset({90}))

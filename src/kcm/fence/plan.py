@@ -242,7 +242,7 @@ def plan_shield(view: HostView, lists: Mapping[str, frozenset[int]]) -> Plan:
         backend,
         dataplane,
         housekeeping,
-        (*b.pins, *b.changes, *b.affinity, *b.irq_changes),
+        (*b.pins, *b.changes, *b.affinity, *b.repins, *b.irq_changes),
         tuple(b.refusals),
         tuple(b.notices),
     )
@@ -273,6 +273,8 @@ class _Builder:
         self.pins: list[Change] = []
         self.affinity: list[Change] = []
         self.irq_changes: list[Change] = []
+        # After the moves: the pinned threads' own affinities, within the fence.
+        self.repins: list[Change] = []
 
     def refuse(self, what: str, why: str, *, blocking: bool = False) -> None:
         self.refusals.append(Refusal(what, why, blocking))
@@ -366,8 +368,29 @@ class _Builder:
                 continue
             if self._kernel_refuses(task, report=False) or task.tid in self.affined:
                 continue
-            if _parse_cpus(task.allowed) != _requested(cg, task.cgroup, self.view.online):
-                self.pins.append(Pin(task.pid, task.tid, task.start_time, task.allowed))
+            allowed = _parse_cpus(task.allowed)
+            if allowed == _requested(cg, task.cgroup, self.view.online):
+                continue
+            self.pins.append(Pin(task.pid, task.tid, task.start_time, task.allowed))
+            # Its own choice, within the fence: set again after the moves, so a task pinned to
+            # housekeeping CPUs keeps them whatever the kernel did on the move.
+            after = self._fenced(
+                self.housekeeping
+                if task.cgroup in moved_from
+                else _requested(cg, task.cgroup, self.view.online)
+            )
+            own = allowed - self.dataplane
+            if own and own != after:
+                self.repins.append(
+                    Affinity(
+                        task.pid,
+                        task.tid,
+                        task.start_time,
+                        cpulist.format(after),
+                        cpulist.format(own),
+                        f"thread {task.comm} ({task.tid})",
+                    )
+                )
 
     def _foreign(self, cg: CgroupView, path: str, system: str) -> bool:
         """A cgroup that is neither kcm's subtree, a level above it (``/kcm`` above
@@ -801,10 +824,10 @@ def original_view(view: HostView, record: Record | None) -> HostView:
                 affected = True
             elif not _under(task.cgroup, new_cg.kcm_subtree):
                 affected = partitions or any(_under(task.cgroup, p) for p in narrowed)
-        if key in affinities:
-            task = replace(task, allowed=affinities[key])
-        elif key in pins:
+        if key in pins:  # the first value: a pinned thread may have a repin's Affinity too
             task = replace(task, allowed=pins[key])
+        elif key in affinities:
+            task = replace(task, allowed=affinities[key])
         elif affected and new_cg is not None and not (task.no_setaffinity or task.kthreadd):
             cpus = _requested(new_cg, task.cgroup, view.online)
             task = replace(task, allowed=cpulist.format(cpus))

@@ -17,6 +17,10 @@ from kcm.host import procfs
 from kcm.model import CpuList
 from kcm.state import OWNER_PREFIX, TMP_PREFIX, StateDir, lock_timeout
 
+TYPE_CHECKING = False  # mypy treats this name as True
+if TYPE_CHECKING:
+    from kcm.fence.run import Kept
+
 
 @dataclass(frozen=True)
 class Mismatch:
@@ -44,12 +48,14 @@ class Report:
     reclaimed: list[Reclaimed] = field(default_factory=list)
     mismatches: list[Mismatch] = field(default_factory=list)
     cleaned: int = 0
+    fence: Kept | None = None  # while shielded: what the pass fenced again (kcm.fence.run)
 
     def summary(self) -> str:
         removed = [f"{pid} from {r.pool}/{r.cpu_list}" for r in self.reclaimed for pid in r.pids]
+        fence = "" if self.fence is None else f"; fence kept: {len(self.fence.moves)} move(s)"
         return (
             f"removed {len(removed)} dead task(s){': ' + ', '.join(removed) if removed else ''};"
-            f" {len(self.mismatches)} affinity mismatch(es)"
+            f" {len(self.mismatches)} affinity mismatch(es){fence}"
         )
 
     def as_json(self) -> str:
@@ -64,6 +70,8 @@ class Report:
                 {"cpus": r.cpu_list, "pids": list(r.pids), "pool": r.pool} for r in self.reclaimed
             ],
         }
+        if self.fence is not None:  # only while shielded: else the report stays CMK's
+            doc["fenceMoves"] = [m.as_json() for m in self.fence.moves]
         return json.dumps(doc, sort_keys=True, indent=2) + "\n"
 
 
@@ -195,10 +203,28 @@ def reconcile(conf_dir: str, root: str) -> Report:
             same = False
         if not same:
             report.mismatches.append(Mismatch(pid, pool_name, cl_name, allowed))
+    report.fence = keep_fence(conf_dir, root)
     return report
 
 
+def keep_fence(conf_dir: str, root: str) -> Kept | None:
+    """The fence's part of the pass (``kcm.fence.run.keep_fence``): one read of the hidden
+    shield record when there is none, imported only when there is one."""
+    import os
+
+    if not os.path.exists(f"{conf_dir}/.shield.json"):
+        return None
+    from kcm.fence import run
+
+    return run.keep_fence(conf_dir, make_host=run.host_on(root))
+
+
 def print_mismatches(report: Report) -> None:
+    if report.fence is not None:
+        for move in report.fence.moves:
+            print(move.line(), file=sys.stderr)
+        for failure in report.fence.failed:
+            print(f"kcm reconcile: fence: not done: {failure}", file=sys.stderr)
     for m in report.mismatches:
         print(
             f"kcm: affinity mismatch: pid {m.pid} in {m.pool}/{m.cpu_list}"

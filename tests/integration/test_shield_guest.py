@@ -125,3 +125,40 @@ def test_the_fence_keeps_hogs_and_irqs_off_the_dataplane_cpu(tmp_path: Path) -> 
     assert fenced["intruders_scan_max"] == 0, got["rounds"]
     assert unfenced_case["intruders_scan_max"] > 0, got["rounds"]  # the hogs ran there
     assert fenced["involuntary_per_s"] < unfenced_case["involuntary_per_s"], got["rounds"]
+
+
+def test_reconcile_keeps_the_fence(booked: Fixture) -> None:
+    conf = f"--conf-dir={booked.conf}"
+    mode = os.environ["KCM_IN_GUEST"]
+    quiet = kcm("reconcile", conf)  # not shielded: CMK's report, no fence key
+    assert "fenceMoves" not in json.loads(quiet.stdout)
+    kcm("shield", conf, "--quiet")
+    later = subprocess.Popen(["sleep", "600"])  # started after the shield: in the system set
+    root = "/sys/fs/cgroup/cpuset/tasks" if mode == "v1" else "/sys/fs/cgroup/cgroup.procs"
+    escaped = subprocess.Popen(["sleep", "600"])
+    irq = fence.irq_by_name(fence.IRQ_SOURCE_NAME)
+    assert irq is not None
+    steered = Path(f"/proc/irq/{irq}/smp_affinity_list")
+    fenced_value = steered.read_text().strip()
+    try:
+        assert cgroup_of(later.pid) == "/kcm-system"
+        Path(root).write_text(str(escaped.pid))  # root moves one out of the fence on purpose
+        assert cgroup_of(escaped.pid) == "/"
+        steered.write_text("3")  # and an IRQ back onto the dataplane CPU
+        result = kcm("reconcile", conf)
+        moves = json.loads(result.stdout)["fenceMoves"]
+        kinds = {m["kind"] for m in moves}
+        assert {"tasks", "IRQs"} <= kinds, moves
+        assert f"kcm reconcile: fence: IRQs: IRQ {irq} (" in result.stderr, result.stderr
+        assert cgroup_of(escaped.pid) == "/kcm-system"
+        assert steered.read_text().strip() == fenced_value
+        assert status_field(
+            Path(f"/proc/{escaped.pid}/status").read_text(), "Cpus_allowed_list"
+        ) == ("0-2")
+        again = kcm("reconcile", conf)  # nothing new: nothing moves
+        assert json.loads(again.stdout)["fenceMoves"] == []
+        assert audit(booked).returncode == 0
+    finally:
+        for p in (later, escaped):
+            p.kill()
+            p.wait()

@@ -292,6 +292,7 @@ def test_v1_a_thread_pinned_to_housekeeping_cpus_keeps_them_through_the_move() -
     kinds = [c["op"] for c in changes]
     assert kinds.index("move-tasks") < kinds.index("affinity")  # after the move
 
+
 def test_v1_booked_processes_in_the_root_stay() -> None:
     cg = CgroupView("v1", "cpuset", (cpuset("/", "0-3", load_balance=True),), "/kcm")
     view = host(cg, task(1, "init", "0-3"), task(90, "l2fwd", "3"), bookings=frozenset({90}))

@@ -46,20 +46,32 @@ def read_dataplane(conf_dir: str) -> tuple[dict[str, frozenset[int]], frozenset[
     return lists, roots
 
 
-def real_host(conf_dir: str, lists: Iterable[str], booking_roots: Iterable[int]) -> Host:
-    """The host kcm runs on, under ``$KCM_PROC_FS``, ``$KCM_SYS_FS`` and ``$KCM_CGROUP_FS``."""
+def real_host(
+    conf_dir: str, lists: Iterable[str], booking_roots: Iterable[int], proc_root: str = ""
+) -> Host:
+    """The host kcm runs on, under ``$KCM_PROC_FS`` (or ``proc_root``), ``$KCM_SYS_FS`` and
+    ``$KCM_CGROUP_FS``."""
     from kcm.fence.applier import KernelHost
     from kcm.host import cgroups, procfs, sysfs
 
     return KernelHost(
         conf_dir,
-        proc_root=procfs.proc_root_or_default(),
+        proc_root=proc_root or procfs.proc_root_or_default(),
         sys_root=sysfs.sys_root(),
         cgroup_root=cgroups.cgroup_root(),
         parent=cgroups.cgroup_parent(),
         lists=lists,
         booking_roots=booking_roots,
     )
+
+
+def host_on(proc_root: str) -> HostFactory:
+    """``real_host`` with the procfs reconcile was given."""
+
+    def make(conf_dir: str, lists: Iterable[str], booking_roots: Iterable[int]) -> Host:
+        return real_host(conf_dir, lists, booking_roots, proc_root)
+
+    return make
 
 
 def shield_main(conf_dir: str, *, quiet: bool, make_host: HostFactory = real_host) -> int:

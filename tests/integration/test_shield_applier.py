@@ -448,3 +448,39 @@ def test_a_record_others_may_write_is_refused_unread(tmp_path: Path) -> None:
     with pytest.raises(StateError, match=r"\.shield\.json is group-writable"):
         run.keep_fence(conf, make_host=make)
     assert fixed_files(host) == before
+
+
+def test_the_cgroups_the_record_names_are_what_reconcile_must_not_prune(tmp_path: Path) -> None:
+    conf = state_for(tmp_path)
+    host = with_booking(plain_host(str(tmp_path)), conf)
+    assert run.recorded_cgroups(conf, host.cgroup) == frozenset()
+    run.shield_main(conf, quiet=True, make_host=factory(host, tmp_path))
+    state = cgroups.state_id(os.path.realpath(conf))
+    cg = f"{host.cgroup}/cpuset"
+    assert run.recorded_cgroups(conf, host.cgroup) == {
+        cg,  # the root's load balancing
+        f"{cg}/kcm-system",
+        f"{cg}/docker",
+        f"{cg}/kcm",
+        f"{cg}/kcm/{state}",
+        f"{cg}/kcm/{state}/dataplane",
+    }
+
+
+def test_irqbalance_is_told_the_exact_line_from_its_own_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = state_for(tmp_path)
+    host = with_booking(plain_host(str(tmp_path)), conf)
+    host.thread(90, "irqbalance", 0, "0-3")
+    host.write()
+    environ = b"PATH=/usr/bin\0IRQBALANCE_BANNED_CPULIST=2\0IRQBALANCE_ARGS=--foreground\0"
+    Path(f"{host.proc}/90/environ").write_bytes(environ)
+    run.shield_main(conf, quiet=False, make_host=factory(host, tmp_path))
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "irqbalance (pid" in x]
+    assert line == (
+        "kcm shield: note: irqbalance (pid 90) moves IRQs back onto dataplane CPUs 3: set"
+        " IRQBALANCE_BANNED_CPULIST=2-3 in /etc/default/irqbalance (Debian) or"
+        " /etc/sysconfig/irqbalance and restart it (systemctl restart irqbalance); until then"
+        " each kcm reconcile pass moves them off again"
+    )

@@ -174,6 +174,30 @@ def keep_fence(conf_dir: str, *, make_host: HostFactory = real_host) -> Kept | N
     return Kept(moves, failed)
 
 
+def recorded_cgroups(conf_dir: str, cgroup_root: str) -> frozenset[str]:
+    """The cgroup directories the shield record names (absolute, under ``cgroup_root``):
+    those it made and those whose files it set, a dataplane list's cgroup with its isolated
+    partition among them. Reconcile's pruning of empty levels must leave these: removing a
+    list's cgroup would drop its partition while the host is shielded."""
+    with StateReader(conf_dir) as state:
+        state.lock(lock_timeout())
+        text = state.read_hidden(rec.NAME)
+    if text is None:
+        return frozenset()
+    try:
+        record = rec.parse(text)
+    except ValueError as e:
+        raise StateError(f"{conf_dir}/{rec.NAME}: invalid shield record: {e}") from None
+    root = cgroup_root.rstrip("/")
+    out = set()
+    for change in (*record.changes, *record.stale):
+        if isinstance(change, Write) and change.root is Root.CGROUP:
+            out.add(f"{root}/{change.path.rpartition('/')[0]}".rstrip("/"))
+        elif isinstance(change, MakeCgroup):
+            out.add(f"{root}/{change.path}")
+    return frozenset(out)
+
+
 def say(lines: list[str], quiet: bool) -> None:
     if not quiet:
         sys.stderr.write("".join(line + "\n" for line in lines))

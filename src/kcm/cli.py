@@ -35,6 +35,9 @@ VALUE_OPTIONS = {
         "--reconcile-interval",
     ),
     "metrics": ("--conf-dir", "--listen", "--textfile"),
+    "audit": ("--conf-dir", "--interval", "--output"),
+    "shield": ("--conf-dir",),
+    "unshield": ("--conf-dir",),
 }
 FLAGS = {
     "init": ("--keep-existing", "--quiet"),
@@ -43,6 +46,8 @@ FLAGS = {
     "isolate": ("--near-strict",),
     "install": ("--quiet",),
     "cluster-init": ("--example-workload",),
+    "shield": ("--quiet",),
+    "unshield": ("--quiet",),
 }
 DEFAULTS = {
     "init": {
@@ -63,9 +68,13 @@ DEFAULTS = {
         "--reconcile-interval": "60",
     },
     "metrics": {"--conf-dir": "/etc/kcm"},
+    "audit": {"--conf-dir": "/etc/kcm", "--interval": "1", "--output": "table"},
+    "shield": {"--conf-dir": "/etc/kcm"},
+    "unshield": {"--conf-dir": "/etc/kcm"},
 }
 SHORT = {
     "describe": {"-o": "--output"},
+    "audit": {"-o": "--output"},
 }
 REQUIRED = {
     "isolate": ("--pool",),
@@ -87,6 +96,9 @@ RUN = {
     "install": "kcm.cli:run_install",
     "cluster-init": "kcm.cli:run_cluster_init",
     "metrics": "kcm.cli:run_metrics",
+    "audit": "kcm.cli:run_audit",
+    "shield": "kcm.cli:run_shield",
+    "unshield": "kcm.cli:run_unshield",
     "completion": "kcm.cli:run_completion",
     "help": "kcm.cli:run_help",
 }
@@ -314,6 +326,26 @@ def run_cluster_init(args: Args) -> int:
 
     options = {name: args.get(name) for name in VALUE_OPTIONS["cluster-init"]}
     return cluster.main(options, example_workload=args.flag("--example-workload"))
+
+
+def run_audit(args: Args) -> int:
+    from kcm.fence import command
+
+    return command.main(
+        args.get("--conf-dir"), seconds_option(args, "--interval"), args.get("--output")
+    )
+
+
+def run_shield(args: Args) -> int:
+    from kcm.fence import run
+
+    return run.shield_main(args.get("--conf-dir"), quiet=args.flag("--quiet"))
+
+
+def run_unshield(args: Args) -> int:
+    from kcm.fence import run
+
+    return run.unshield_main(args.get("--conf-dir"), quiet=args.flag("--quiet"))
 
 
 def run_help(args: Args) -> int:

@@ -193,6 +193,9 @@ CGROUP_PARENT = Env(
     "where the booking cgroups go below the hierarchy's root [default: kcm]; with systemd"
     " and cgroup v2: system.slice/kcm-bookings.service",
 )
+SHIELD_QUIET = Option(
+    "--quiet", "only warnings on stderr: what the kernel refuses, what others set"
+)
 
 EXIT_OK = Exit("0", "success")
 EXIT_USAGE = Exit("2", "usage error (the message says what to change)")
@@ -466,6 +469,113 @@ COMMANDS: tuple[Command, ...] = (
                 "cannot listen on --listen's address or write --textfile's file, or no"
                 " prometheus_client",
             ),
+        ),
+    ),
+    Command(
+        "audit",
+        "show what threads and IRQs intrude on the dataplane CPUs, and how they are fenced",
+        usage=(
+            "kcm audit [--conf-dir=<dir>] [--interval=<seconds>] [-o <format> | --output=<format>]",
+        ),
+        run="kcm.cli:run_audit",
+        options=(
+            CONF_DIR,
+            Option(
+                "--interval", "watch the dataplane CPUs for <seconds>", "<seconds>", default="1"
+            ),
+            Option(
+                "--output",
+                "table (for people) or json (for scripts)",
+                "<format>",
+                default="table",
+                short="-o",
+                values=("table", "json"),
+            ),
+        ),
+        env=(
+            Env("KCM_PROC_FS", "procfs to read the threads and IRQs from [default: /proc]"),
+            Env(
+                "KCM_SYS_FS",
+                "sysfs to read the boot isolation and workqueue mask from [default: /sys]",
+            ),
+            CGROUP_FS,
+            CGROUP_PARENT,
+            LOCK_TIMEOUT,
+            SHARED_STATE,
+            DEBUG,
+        ),
+        exits=(
+            Exit("0", "no thread and no IRQ intrudes on a dataplane CPU"),
+            Exit("1", "a thread or an IRQ intrudes on a dataplane CPU"),
+            EXIT_USAGE,
+            Exit("3", "no exclusive dataplane pool, a bad state directory or shield record"),
+            EXIT_LOCK,
+            Exit("6", "an unreadable or malformed /proc, /sys or cgroup file"),
+        ),
+        notes=(
+            "It only reads. Kernel threads bound to a CPU by design, kernel threads the kernel"
+            " will not move that were not seen running there, and IRQs steered off that have"
+            " not fired since are listed apart, not as intruders.",
+        ),
+    ),
+    Command(
+        "shield",
+        "keep every other task, kernel thread, IRQ and workqueue off the dataplane CPUs",
+        usage=("kcm shield [--conf-dir=<dir>] [--quiet]",),
+        run="kcm.cli:run_shield",
+        options=(CONF_DIR, SHIELD_QUIET),
+        env=(
+            Env("KCM_PROC_FS", "this process's own procfs [default: /proc]"),
+            Env("KCM_SYS_FS", "sysfs [default: /sys]"),
+            CGROUP_FS,
+            CGROUP_PARENT,
+            Env(
+                "KCM_LOCK_TIMEOUT",
+                "seconds to wait for the state lock and for .shield.lock [default: 30]",
+            ),
+            SHARED_STATE_OWNED,
+            DEBUG,
+        ),
+        exits=(
+            Exit("0", "fenced (what the kernel refuses to move is said on stderr)"),
+            EXIT_USAGE,
+            Exit("3", "no exclusive dataplane pool, a bad state directory or shield record"),
+            EXIT_LOCK,
+            Exit(
+                "6",
+                "a procfs not this process's own, or a step that failed (the record"
+                " keeps it: run it again)",
+            ),
+            Exit("8", "the host stops the shield before it starts; nothing was changed"),
+        ),
+        notes=(
+            "Records what it changes, with the value before, in <dir>/.shield.json before it"
+            " changes anything; kcm unshield undoes exactly that. Run as root. What it changed"
+            " goes to stderr, one line per kind of change.",
+        ),
+    ),
+    Command(
+        "unshield",
+        "undo what kcm shield changed, from its record",
+        usage=("kcm unshield [--conf-dir=<dir>] [--quiet]",),
+        run="kcm.cli:run_unshield",
+        options=(CONF_DIR, SHIELD_QUIET),
+        env=(
+            Env("KCM_PROC_FS", "this process's own procfs [default: /proc]"),
+            CGROUP_FS,
+            Env(
+                "KCM_LOCK_TIMEOUT",
+                "seconds to wait for the state lock and for .shield.lock [default: 30]",
+            ),
+            SHARED_STATE_OWNED,
+            DEBUG,
+        ),
+        exits=(
+            Exit("0", "undone, or no record (what others changed since is left, and said)"),
+            EXIT_USAGE,
+            Exit("3", "a bad state directory or shield record"),
+            EXIT_LOCK,
+            Exit("6", "a step that failed (the record keeps it: run it again)"),
         ),
     ),
     Command(

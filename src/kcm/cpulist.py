@@ -129,3 +129,28 @@ def to_mask(cpus: Iterable[int]) -> int:
     for cpu in cpus:
         mask |= 1 << cpu
     return mask
+
+
+def parse_mask(text: str) -> frozenset[int]:
+    """The CPUs of a kernel bitmap in hex, as ``smp_affinity`` and the workqueue ``cpumask``
+    print it: 32-bit groups separated by commas, most significant first (``ff,00000003``)."""
+    digits = text.strip().replace(",", "")
+    if not digits or any(c not in "0123456789abcdefABCDEF" for c in digits):
+        raise ParseError(f"invalid CPU mask {text.strip()[:40]!r}")
+    if len(digits) * 4 > MAX_CPU:
+        raise ParseError(f"invalid CPU mask {text.strip()[:40]!r}: wider than {MAX_CPU} CPUs")
+    return from_mask(int(digits, 16))
+
+
+def format_mask(cpus: Iterable[int]) -> str:
+    """A kernel bitmap in hex for ``cpus``: 32-bit groups, commas between, as the kernel
+    prints it (``3``, ``1,00000000``)."""
+    mask = to_mask(cpus)
+    groups = []
+    while True:
+        groups.append(mask & 0xFFFFFFFF)
+        mask >>= 32
+        if not mask:
+            break
+    head, *rest = reversed(groups)
+    return ",".join([f"{head:x}", *(f"{g:08x}" for g in rest)])

@@ -21,6 +21,10 @@ from kcm.host import cgroups, procfs
 from kcm.reclaim import Look, see, write
 from kcm.state import HEIR_PREFIX, OWNER_PREFIX, TMP_PREFIX, StateDir, lock_timeout
 
+TYPE_CHECKING = False  # mypy treats this name as True
+if TYPE_CHECKING:
+    from kcm.fence.run import Kept
+
 
 @dataclass(frozen=True)
 class Mismatch:
@@ -83,6 +87,7 @@ class Report:
     removed_cgroups: list[str] = field(default_factory=list)
     cannot_remove: str | None = None  # why cgroups to remove were left (a read-only cgroupfs)
     cleaned: int = 0
+    fence: Kept | None = None  # while shielded: what the pass fenced again (kcm.fence.run)
 
     @property
     def problems(self) -> bool:
@@ -91,9 +96,10 @@ class Report:
 
     def summary(self) -> str:
         removed = [f"{pid} from {r.pool}/{r.cpu_list}" for r in self.reclaimed for pid in r.pids]
+        fence = "" if self.fence is None else f"; fence kept: {len(self.fence.moves)} move(s)"
         text = (
             f"removed {len(removed)} dead task(s){': ' + ', '.join(removed) if removed else ''};"
-            f" {len(self.mismatches)} affinity mismatch(es)"
+            f" {len(self.mismatches)} affinity mismatch(es){fence}"
         )
         if self.handed_over or self.removed_cgroups or self.outside or self.unaccounted:
             text += (
@@ -135,6 +141,8 @@ class Report:
                 {"path": u.path, "pids": list(u.pids), "why": u.why} for u in self.unaccounted
             ],
         }
+        if self.fence is not None:  # only while shielded: else the report stays CMK's
+            doc["fenceMoves"] = [m.as_json() for m in self.fence.moves]
         return json.dumps(doc, sort_keys=True, indent=2) + "\n"
 
 
@@ -269,7 +277,7 @@ def reconcile(conf_dir: str, root: str) -> Report:
             )
     if backend is not None:
         _unlisted(backend, look, by_list, strays, report, to_remove)
-        _remove(backend, to_remove, report)
+        _remove(backend, to_remove, report, fenced_cgroups(conf_dir))
     for pool_name, cl_name, pid in live:
         allowed = procfs.read_cpus_allowed_list(root, pid)
         if allowed is None:
@@ -290,6 +298,7 @@ def reconcile(conf_dir: str, root: str) -> Report:
             within = False
         if not within:
             report.outside.append(Outside(pid, pool_name, cl_name, name, allowed))
+    report.fence = keep_fence(conf_dir, root)
     return report
 
 
@@ -319,7 +328,13 @@ def _unlisted(
         report.unaccounted.append(Unaccounted(path, why, tuple(backend.pids(path))))
 
 
-def _remove(backend: cgroups.Backend, bookings: list[cgroups.Booking], report: Report) -> None:
+def _remove(
+    backend: cgroups.Backend,
+    bookings: list[cgroups.Booking],
+    report: Report,
+    keep: frozenset[str],
+) -> None:
+    """Remove the gone bookings' cgroups, then the empty levels but those in ``keep``."""
     if backend.unwritable is not None:
         if bookings:
             report.cannot_remove = backend.unwritable
@@ -327,10 +342,39 @@ def _remove(backend: cgroups.Backend, bookings: list[cgroups.Booking], report: R
     for booking in bookings:
         if backend.remove(booking):
             report.removed_cgroups.append(backend.path(booking))
-    backend.prune()
+    backend.prune(keep)
+
+
+def fenced_cgroups(conf_dir: str) -> frozenset[str]:
+    """The cgroups the shield record names (a dataplane list's cgroup holds its isolated
+    partition): reconcile's pruning leaves them while the host is shielded."""
+    import os
+
+    if not os.path.exists(f"{conf_dir}/.shield.json"):
+        return frozenset()
+    from kcm.fence import run
+
+    return run.recorded_cgroups(conf_dir, cgroups.cgroup_root())
+
+
+def keep_fence(conf_dir: str, root: str) -> Kept | None:
+    """The fence's part of the pass (``kcm.fence.run.keep_fence``): one read of the hidden
+    shield record when there is none, imported only when there is one."""
+    import os
+
+    if not os.path.exists(f"{conf_dir}/.shield.json"):
+        return None
+    from kcm.fence import run
+
+    return run.keep_fence(conf_dir, make_host=run.host_on(root))
 
 
 def print_mismatches(report: Report) -> None:
+    if report.fence is not None:
+        for move in report.fence.moves:
+            print(move.line(), file=sys.stderr)
+        for failure in report.fence.failed:
+            print(f"kcm reconcile: fence: not done: {failure}", file=sys.stderr)
     for m in report.mismatches:
         print(
             f"kcm: affinity mismatch: pid {m.pid} in {m.pool}/{m.cpu_list}"

@@ -353,23 +353,26 @@ class StateReader:
             self._fd = -1
 
     def lock(self, timeout: float) -> None:
-        """Take ``<dir>/lock`` shared, waiting at most ``timeout`` seconds."""
-        self._take_lock(timeout, shared=True)
+        """Take ``<dir>/lock`` shared, waiting at most ``timeout`` seconds, through a read-only
+        descriptor: a reader opens nothing for writing (flock needs no write access)."""
+        self._take_lock(timeout, shared=True, writable=False)
 
-    def _take_lock(self, timeout: float, *, shared: bool) -> None:
+    def _take_lock(self, timeout: float, *, shared: bool, writable: bool) -> None:
         import fcntl
 
         path = f"{self.path}/{LOCK}"
         # O_NONBLOCK: a FIFO planted as the lock must not hang the open (the fstat refuses it).
         flags = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
-            fd = os.open(LOCK, os.O_RDWR | flags, dir_fd=self._fd)
+            fd = os.open(LOCK, (os.O_RDWR if writable else os.O_RDONLY) | flags, dir_fd=self._fd)
         except FileNotFoundError:
             raise StateError(f"{path} is missing: {self.path} is no kcm state directory") from None
         except OSError as e:
             # Readers (describe, discover) also work on a read-only mount or without write access.
-            if not (shared and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)):
-                raise StateError(f"cannot open {path} for writing: {_why(e)}") from None
+            if not (writable and shared and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)):
+                raise StateError(
+                    f"cannot open {path}{' for writing' if writable else ''}: {_why(e)}"
+                ) from None
             try:
                 fd = os.open(LOCK, os.O_RDONLY | flags, dir_fd=self._fd)
             except OSError as e:
@@ -556,6 +559,18 @@ class StateReader:
         finally:
             os.close(fd)
 
+    def read_hidden(self, name: str) -> str | None:
+        """The text of the hidden file ``name`` at the top of the state (``.shield.json``, say);
+        ``None`` if there is none. Vetted and bounded like every file kcm reads there."""
+        if not name.startswith(".") or name.startswith(TMP_PREFIX) or "/" in name:
+            raise AssertionError(name)
+        try:
+            return _read_small(self._fd, name, f"{self.path}/{name}", self._trust)
+        except StateError:
+            if not os.path.lexists(f"{self.path}/{name}"):
+                return None
+            raise
+
 
 class StateDir(StateReader):
     """An existing state directory opened to change it: the exclusive lock and the writes.
@@ -580,7 +595,7 @@ class StateDir(StateReader):
             self._writer = True
             self._trust = Trust(writer=True)
             self._trust.vet(os.fstat(self._fd), self.path, _S_IFDIR)
-        self._take_lock(timeout, shared=shared)
+        self._take_lock(timeout, shared=shared, writable=True)
 
     def lock_held_too_long(self) -> bool:
         return time.monotonic() > self._deadline
@@ -729,6 +744,76 @@ class StateDir(StateReader):
             _sync(fd, base)
         finally:
             os.close(fd)
+
+    def hold_run_lock(self, name: str, timeout: float | None) -> int | None:
+        """flock(2) the hidden file ``name`` (``.shield.lock``; made if missing) exclusively,
+        for a command whose run outlasts KCM_LOCK_TIMEOUT (a shield moves every task). Waits at
+        most ``timeout`` seconds, or not at all for ``None`` (then ``None`` if it is held).
+        Returns the descriptor: closing it releases the lock. The state lock stays free
+        meanwhile, for everything else kcm does."""
+        import fcntl
+
+        if not name.startswith(".") or name.startswith(TMP_PREFIX) or "/" in name:
+            raise AssertionError(name)
+        path = f"{self.path}/{name}"
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            fd = os.open(name, flags, 0o644, dir_fd=self._fd)
+        except OSError as e:
+            raise StateError(f"cannot open {path}: {_why(e)}") from None
+        fd = _vetted(fd, path, _S_IFREG, self._trust)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if timeout is None or not _wait_for_lock(fd, fcntl.LOCK_EX, timeout):
+                os.close(fd)
+                if timeout is None:
+                    return None
+                raise LockTimeoutError(
+                    f"could not lock {path} within {timeout:g}s (KCM_LOCK_TIMEOUT): another"
+                    " kcm shield or unshield is running"
+                ) from None
+        return fd
+
+    def write_hidden(self, name: str, data: str) -> None:
+        """Replace the hidden file ``name`` at the top of the state, atomically and durably;
+        first remove the temp files of ``name`` that killed writers left."""
+        if not name.startswith(".") or name.startswith(TMP_PREFIX) or "/" in name:
+            raise AssertionError(name)
+        self.check_lock_held()
+        path = f"{self.path}/{name}"
+        try:
+            for entry in os.listdir(self._fd):
+                # .tmp-<pid>-<n>-<name>, see atomic_write; the lock keeps live writers out.
+                pid, _, rest = entry[len(TMP_PREFIX) :].partition("-")
+                if (
+                    entry.startswith(TMP_PREFIX)
+                    and rest.partition("-")[2] == name
+                    and pid.isdigit()
+                    and not _pid_alive(int(pid))
+                ):
+                    try:
+                        os.unlink(entry, dir_fd=self._fd)
+                    except FileNotFoundError:
+                        pass
+            atomic_write(self._fd, name, data)
+        except OSError as e:
+            raise StateError(f"cannot write {path}: {_why(e)}") from None
+        self.writes += 1
+
+    def remove_hidden_file(self, name: str) -> None:
+        """Remove the hidden file ``name`` at the top of the state, durably; gone is fine."""
+        if not name.startswith(".") or name.startswith(TMP_PREFIX) or "/" in name:
+            raise AssertionError(name)
+        self.check_lock_held()
+        try:
+            os.unlink(name, dir_fd=self._fd)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise StateError(f"cannot remove {self.path}/{name}: {_why(e)}") from None
+        self.writes += 1
+        _sync(self._fd, self.path)
 
 
 def _sync(fd: int, path: str) -> None:

@@ -388,6 +388,20 @@ def test_scan_finds_bookings_and_strays_and_prune_keeps_bookings(real: RealSubtr
     assert not os.path.exists(real.backend.subtree)
 
 
+def test_prune_leaves_the_levels_it_is_told_to_keep(real: RealSubtree) -> None:
+    cpu = last_cpu()
+    booking = real.booking("dataplane", cpu, 1)
+    real.backend.create(booking)
+    assert real.backend.remove(booking) is True
+    kept = real.backend.list_path("dataplane", cpu)
+    assert real.backend.prune(frozenset({kept})) == 0  # the list's level, so every one above
+    assert os.path.isdir(kept)
+    assert real.backend.prune(frozenset({f"{real.backend.subtree}/dataplane"})) == 1
+    assert not os.path.exists(kept)
+    assert real.backend.prune() == 2  # dataplane, then the state's own level
+    assert not os.path.exists(real.backend.subtree)
+
+
 def test_set_cpuset_narrows_a_booking(real: RealSubtree) -> None:
     cpus = sorted(online_cpus())
     if len(cpus) < 2:

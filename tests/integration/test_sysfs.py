@@ -42,6 +42,18 @@ def test_missing_isolation_files_are_no_isolation(tmp_path: Path) -> None:
     assert (topo.isolated, topo.nohz_full, topo.isolated_at_boot) == (frozenset(),) * 3
 
 
+def test_the_one_reader_tells_a_missing_file_from_an_empty_one(tmp_path: Path) -> None:
+    # init treats both as no CPUs; the audit says which ("none" or "no such file").
+    root = build_sysfs(str(tmp_path), SEED_16)
+    assert sysfs.read_boot_cpus(root) == (None, None)
+    Path(f"{root}/devices/system/cpu/isolated").write_text("\n")
+    Path(f"{root}/devices/system/cpu/nohz_full").write_text("(null)\n")
+    assert sysfs.read_boot_cpus(root) == (frozenset(), frozenset())
+    Path(f"{root}/devices/system/cpu/isolated").write_text("6-7\n")
+    assert sysfs.read_boot_cpus(root) == (frozenset({6, 7}), frozenset())
+    assert sysfs.read_boot_isolation(root) == (frozenset({6, 7}), frozenset())
+
+
 def test_the_topology_carries_both_sets(tmp_path: Path) -> None:
     root = build_sysfs(
         str(tmp_path),

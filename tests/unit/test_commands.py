@@ -88,29 +88,29 @@ def test_a_line_about_one_or_two_subcommands_names_them() -> None:
 
 
 def test_an_entry_is_all_a_new_subcommand_needs(monkeypatch: pytest.MonkeyPatch) -> None:
-    shield = Command(
-        "shield",
-        "fence the dataplane CPUs",
-        usage=("kcm shield [--conf-dir=<dir>] [--dry-run]",),
-        run="kcm.shield:main",
+    drain = Command(
+        "drain",
+        "move the workloads off a node",
+        usage=("kcm drain [--conf-dir=<dir>] [--dry-run]",),
+        run="kcm.drain:main",
         options=(commands.CONF_DIR, Option("--dry-run", "print the plan, change nothing")),
         env=(commands.DEBUG,),
-        exits=(commands.EXIT_OK, Exit("8", "the fence could not be applied")),
+        exits=(commands.EXIT_OK, Exit("9", "the fence could not be applied")),
     )
-    monkeypatch.setattr(commands, "COMMANDS", (*COMMANDS, shield))
+    monkeypatch.setattr(commands, "COMMANDS", (*COMMANDS, drain))
     grammar = commands.grammar()
-    assert '"shield": ("--conf-dir",),' in grammar
-    assert '"shield": ("--dry-run",),' in grammar
-    assert '"shield": {"--conf-dir": "/etc/kcm"},' in grammar
-    assert '"shield": "kcm.shield:main",' in grammar
+    assert '"drain": ("--conf-dir",),' in grammar
+    assert '"drain": ("--dry-run",),' in grammar
+    assert '"drain": {"--conf-dir": "/etc/kcm"},' in grammar
+    assert '"drain": "kcm.drain:main",' in grammar
     text = commands.global_help()
-    assert "  kcm shield [--conf-dir=<dir>] [--dry-run]\n" in text
-    assert "  --dry-run             shield: print the plan, change nothing.\n" in text
-    assert "  8    shield: the fence could not be applied\n" in text
-    own = commands.command_help(shield)
-    assert own.startswith("kcm shield: fence the dataplane CPUs.\n\nUsage:\n")
+    assert "  kcm drain [--conf-dir=<dir>] [--dry-run]\n" in text
+    assert "  --dry-run             drain: print the plan, change nothing.\n" in text
+    assert "  9    drain: the fence could not be applied\n" in text
+    own = commands.command_help(drain)
+    assert own.startswith("kcm drain: move the workloads off a node.\n\nUsage:\n")
     spec = commands.completion_spec()
-    assert spec.levels[-1][0] == "shield"
+    assert spec.levels[-1][0] == "drain"
     assert [w.names for w in spec.levels[-1][2].options] == [("--conf-dir",), ("--dry-run",)]
 
 

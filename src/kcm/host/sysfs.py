@@ -48,21 +48,32 @@ def read_online_cpus(root: str) -> frozenset[int]:
     return cpus
 
 
-def read_boot_isolation(root: str) -> tuple[frozenset[int], frozenset[int]]:
-    """The CPUs of ``devices/system/cpu/isolated`` and ``nohz_full``; a missing file is none.
+def parse_boot_cpus(text: str, path: str = "") -> frozenset[int]:
+    """A boot isolation list (``isolated``, ``nohz_full``); empty and ``(null)``, which some
+    kernels print for a mask the boot line never set, are no CPUs."""
+    text = text.strip()
+    return frozenset() if text in ("", "(null)") else _read_cpus_text(text, path)
 
-    A kernel without ``nohz_full`` support lacks that file; some print ``(null)`` in it when
-    the boot line has no ``nohz_full=``.
+
+def read_boot_cpus(root: str) -> tuple[frozenset[int] | None, frozenset[int] | None]:
+    """The CPUs of ``devices/system/cpu/isolated`` and ``nohz_full``, each ``None`` where the
+    kernel has no such file (a kernel without ``nohz_full`` support lacks it): absent is not
+    empty, and the audit says which. The one reader of these files: init and the fence use it.
     """
-    found: list[frozenset[int]] = []
+    found: list[frozenset[int] | None] = []
     for name in ("isolated", "nohz_full"):
         path = os.path.join(root, "devices/system/cpu", name)
         if not os.path.exists(path):
-            found.append(frozenset())
+            found.append(None)
             continue
-        text = _read(path)
-        found.append(frozenset() if text.strip() == "(null)" else _read_cpus_text(text, path))
+        found.append(parse_boot_cpus(_read(path), path))
     return found[0], found[1]
+
+
+def read_boot_isolation(root: str) -> tuple[frozenset[int], frozenset[int]]:
+    """``read_boot_cpus`` for init, which treats a missing file as no CPUs."""
+    isolated, nohz_full = read_boot_cpus(root)
+    return isolated or frozenset(), nohz_full or frozenset()
 
 
 def _read_cpus_text(text: str, path: str) -> frozenset[int]:

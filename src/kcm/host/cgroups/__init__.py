@@ -534,12 +534,12 @@ class Backend:
 
         return survey.scan(self)
 
-    def prune(self) -> int:
-        """Remove the empty levels (lists, pools, the state's own) that hold no booking; how
-        many (see ``survey.prune``)."""
+    def prune(self, keep: frozenset[str] = frozenset()) -> int:
+        """Remove the empty levels (lists, pools, the state's own) that hold no booking, but
+        those in ``keep`` (absolute paths); how many (see ``survey.prune``)."""
         from kcm.host.cgroups import survey
 
-        return survey.prune(self)
+        return survey.prune(self, keep)
 
     def bookings(self, pool: str, cpu_list: str) -> list[Booking]:
         """The well-named booking cgroups under a list's level (one listing), by name."""

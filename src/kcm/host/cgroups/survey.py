@@ -80,8 +80,9 @@ def _levels(path: str, strays: list[str], rel: str) -> list[os.DirEntry[str]]:
     return children
 
 
-def prune(backend: Backend) -> int:
-    """Remove the empty levels (lists, pools, the state's own) that hold no booking; how many.
+def prune(backend: Backend, keep: frozenset[str] = frozenset()) -> int:
+    """Remove the empty levels (lists, pools, the state's own) that hold no booking, but
+    those in ``keep`` (absolute paths: the cgroups a shield set files of); how many.
 
     Bookings are never touched (an empty one may be about to be entered), nor ``<parent>``.
     A creator that loses a level to this makes it again (see ``create``).
@@ -97,12 +98,14 @@ def prune(backend: Backend) -> int:
         except FileNotFoundError:
             continue
         for cl in lists:
-            removed += _rmdir_if_idle(cl.path)
-        removed += _rmdir_if_idle(pool.path)
-    return removed + _rmdir_if_idle(backend.subtree)
+            removed += _rmdir_if_idle(cl.path, keep)
+        removed += _rmdir_if_idle(pool.path, keep)
+    return removed + _rmdir_if_idle(backend.subtree, keep)
 
 
-def _rmdir_if_idle(path: str) -> int:
+def _rmdir_if_idle(path: str, keep: frozenset[str]) -> int:
+    if path.rstrip("/") in keep:
+        return 0
     try:
         os.rmdir(path)
         return 1

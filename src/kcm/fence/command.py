@@ -1,0 +1,129 @@
+"""``kcm audit``: read the state and the host (read only), judge, print; exit 1 on intrusions."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+
+from kcm import cpulist
+from kcm.errors import StateError, UsageError
+from kcm.fence.audit import AuditInput, AuditReport, DataplaneList, audit, bookings_by_tree
+from kcm.fence.reader import BookingOf, HostReader
+from kcm.fence.render import to_json, to_table
+from kcm.host.cgroups import cgroup_root
+from kcm.state import StateReader, lock_timeout
+
+DATAPLANE = "dataplane"
+OUTPUTS = ("table", "json")
+DEFAULT_INTERVAL = 1.0
+SHIELD_RECORD = ".shield.json"
+
+
+def proc_root() -> str:
+    """The procfs the audit reads: ``$KCM_PROC_FS`` (or ``$CMK_PROC_FS``), else ``/proc``."""
+    return os.environ.get("KCM_PROC_FS") or os.environ.get("CMK_PROC_FS") or "/proc"
+
+
+def sys_root() -> str:
+    return os.environ.get("KCM_SYS_FS") or "/sys"
+
+
+def read_dataplane(conf_dir: str) -> tuple[tuple[DataplaneList, ...], str | None]:
+    """The exclusive dataplane pool's lists, and the shield record's phase (None without one)."""
+    from kcm.fence import record
+
+    with StateReader(conf_dir) as state:
+        state.lock(lock_timeout())
+        if DATAPLANE not in state.pool_names():
+            raise StateError(f"{conf_dir}/pools has no {DATAPLANE} pool: there is nothing to audit")
+        pool = state.read_pool(DATAPLANE)
+        text = state.read_hidden(SHIELD_RECORD)
+    if not pool.exclusive:
+        raise StateError(
+            f"{conf_dir}/pools/{DATAPLANE}/exclusive is 0: the audit judges an exclusive pool"
+        )
+    lists = tuple(
+        DataplaneList(cl.cpus, cpulist.parse(cl.cpus), tuple(cl.tasks))
+        for cl in pool.cpu_lists.values()
+    )
+    phase = None if text is None else record.phase_of(text, f"{conf_dir}/{SHIELD_RECORD}")
+    return lists, phase
+
+
+def run_audit(
+    conf_dir: str,
+    reader: HostReader,
+    interval: float,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    booking_of: BookingOf | None = None,
+) -> AuditReport:
+    """Sample the host, wait ``interval`` seconds, sample again, and judge."""
+    lists, phase = read_dataplane(conf_dir)
+    dataplane = frozenset().union(*(cl.cpus for cl in lists))
+    iso = reader.isolation()
+    tree = reader.cpusets()
+    irqs = reader.irqs()
+    start, booked_start = reader.sample(dataplane, clock, booking_of=booking_of)
+    sleep(interval)
+    end, booked_end = reader.sample(dataplane, clock, start, booking_of)
+    parents = {t.pid: t.ppid for t in start.threads.values() if t.tid == t.pid}
+    parents.update({t.pid: t.ppid for t in end.threads.values() if t.tid == t.pid})
+    bookings = bookings_by_tree(lists, parents)
+    for pid, (pool, name) in {**booked_start, **booked_end}.items():
+        if pool == DATAPLANE:
+            bookings[pid] = name
+    return audit(
+        AuditInput(
+            conf_dir=os.path.normpath(conf_dir),
+            lists=lists,
+            bookings=bookings,
+            start=start,
+            end=end,
+            irqs=irqs,
+            isolation=iso,
+            cpusets=tree,
+            shield=phase,
+        )
+    )
+
+
+def cgroup_bookings(conf_dir: str, root: str) -> BookingOf | None:
+    """What tells a process's booking from its ``/proc/<pid>/cgroup``: the booking cgroups of
+    ``kcm.host.cgroups`` for the state ``conf_dir`` (``<parent>/<state id>/<pool>/<list>/...``,
+    ``$KCM_CGROUP_PARENT``), in the hierarchy that holds cpuset under ``root``; ``None``
+    without one. Only reads: no writable hierarchy is needed to know who is booked."""
+    from kcm.host import cgroups
+
+    found = cgroups.find_hierarchy(root)
+    if found is None:
+        return None
+    kind = found[0]
+    parent = cgroups.cgroup_parent()
+    state = cgroups.state_id(os.path.realpath(conf_dir))
+
+    def booking_of(text: str) -> tuple[str, str] | None:
+        path = cgroups.parse_proc_cgroup(text, kind)
+        booking = None if path is None else cgroups.booking_at(path, parent, state)
+        return None if booking is None else (booking.pool, booking.cpu_list)
+
+    return booking_of
+
+
+def main(conf_dir: str, interval: float | None, output: str) -> int:
+    """``kcm audit``: 0 when no thread or IRQ intrudes on a dataplane CPU, 1 when one does."""
+    if output not in OUTPUTS:
+        raise UsageError(f"--output={output!r}: choose table or json")
+    root = cgroup_root()
+    reader = HostReader(proc_root(), sys_root(), root)
+    report = run_audit(
+        conf_dir,
+        reader,
+        DEFAULT_INTERVAL if interval is None else interval,
+        booking_of=cgroup_bookings(conf_dir, root),
+    )
+    sys.stdout.write(to_json(report) if output == "json" else to_table(report))
+    return 0 if report.clean else 1

@@ -91,6 +91,10 @@ def test_options_of_each_subcommand(bash_script: Path, env: dict[str, str], tmp_
     assert complete(bash_script, "kcm isolate --", env, tmp_path) == [
         "--conf-dir=",
         "--pool=",
+        "--socket-id=",
+        "--numa-node=",
+        "--near=",
+        "--near-strict",
         "--help",
     ]
     assert complete(bash_script, "kcm reconcile --", env, tmp_path) == [
@@ -120,6 +124,10 @@ def test_options_on_the_line_are_not_offered_again(
 ) -> None:
     assert complete(bash_script, "kcm isolate --pool=infra --", env, tmp_path) == [
         "--conf-dir=",
+        "--socket-id=",
+        "--numa-node=",
+        "--near=",
+        "--near-strict",
         "--help",
     ]
     assert complete(bash_script, "kcm init --quiet --conf-dir /x --", env, tmp_path) == [

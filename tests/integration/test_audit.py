@@ -28,6 +28,7 @@ def fenced_host(root: str) -> FakeHost:
     cpumask and the default IRQ affinity off CPU 3, load balancing off; CPU 3 isolated and
     nohz_full at boot."""
     host = FakeHost(root, cpus=4)
+    host.numa_nodes = {0: "0-1", 1: "2-3"}
     host.cmdline = "BOOT_IMAGE=/vmlinuz isolcpus=managed_irq,domain,3 nohz_full=3 rcu_nocbs=3"
     host.isolated = "3"
     host.nohz_full = "3"
@@ -282,10 +283,13 @@ def booked_daemon_host(root: str, conf: str, version: str, cgroup: str) -> FakeH
     return host
 
 
-def booking_cgroup(conf: str, parent: str = "kcm") -> str:
-    """Where kcm.host.cgroups puts a booking of list 3 of the state ``conf``."""
+def booking_cgroup(conf: str, parent: str | None = None) -> str:
+    """Where kcm.host.cgroups puts a booking of list 3 of the state ``conf`` (under
+    ``$KCM_CGROUP_PARENT``, which the suite sets to a parent of its run, unless ``parent``)."""
     from kcm.host import cgroups
 
+    if parent is None:
+        parent = cgroups.cgroup_parent()
     return f"/{parent}/{cgroups.state_id(os.path.realpath(conf))}/dataplane/3/{BOOKING}-4242"
 
 

@@ -55,6 +55,7 @@ class DataplaneList:
     name: str
     cpus: frozenset[int]
     tasks: tuple[int, ...]
+    nodes: str = "-"  # the NUMA node(s) of its CPUs, in cpu-list form; "-" when unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +145,7 @@ class CpuAudit:
     cpu: int
     cpu_list: str
     booking: tuple[int, ...]
+    nodes: str  # the list's NUMA node(s) (DataplaneList.nodes)
     threads: tuple[ThreadFinding, ...]
     per_cpu_threads: tuple[PerCpuThread, ...]
     irqs: tuple[IrqFinding, ...]
@@ -420,6 +422,7 @@ def audit(inp: AuditInput) -> AuditReport:
                     cpu=cpu,
                     cpu_list=cl.name,
                     booking=cl.tasks,
+                    nodes=cl.nodes,
                     threads=tuple(threads),
                     per_cpu_threads=tuple(per_cpu),
                     irqs=tuple(irqs),

@@ -30,9 +30,14 @@ def sys_root() -> str:
     return os.environ.get("KCM_SYS_FS") or "/sys"
 
 
-def read_dataplane(conf_dir: str) -> tuple[tuple[DataplaneList, ...], str | None]:
-    """The exclusive dataplane pool's lists, and the shield record's phase (None without one)."""
+def read_dataplane(
+    conf_dir: str, sys_root: str | None = None
+) -> tuple[tuple[DataplaneList, ...], str | None]:
+    """The exclusive dataplane pool's lists, and the shield record's phase (None without one).
+    With ``sys_root``, each list's NUMA node(s) from that sysfs."""
     from kcm.fence import record
+    from kcm.host import sysfs
+    from kcm.table import numa_cell
 
     with StateReader(conf_dir) as state:
         state.lock(lock_timeout())
@@ -44,8 +49,9 @@ def read_dataplane(conf_dir: str) -> tuple[tuple[DataplaneList, ...], str | None
         raise StateError(
             f"{conf_dir}/pools/{DATAPLANE}/exclusive is 0: the audit judges an exclusive pool"
         )
+    numa_of = {} if sys_root is None else sysfs.read_numa_nodes(sys_root)
     lists = tuple(
-        DataplaneList(cl.cpus, cpulist.parse(cl.cpus), tuple(cl.tasks))
+        DataplaneList(cl.cpus, cpulist.parse(cl.cpus), tuple(cl.tasks), numa_cell(cl.cpus, numa_of))
         for cl in pool.cpu_lists.values()
     )
     phase = None if text is None else record.phase_of(text, f"{conf_dir}/{SHIELD_RECORD}")
@@ -62,7 +68,7 @@ def run_audit(
     booking_of: BookingOf | None = None,
 ) -> AuditReport:
     """Sample the host, wait ``interval`` seconds, sample again, and judge."""
-    lists, phase = read_dataplane(conf_dir)
+    lists, phase = read_dataplane(conf_dir, reader.sys_root)
     dataplane = frozenset().union(*(cl.cpus for cl in lists))
     iso = reader.isolation()
     tree = reader.cpusets()

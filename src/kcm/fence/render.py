@@ -42,6 +42,7 @@ def _cpu_json(cpu: CpuAudit) -> dict[str, object]:
     return {
         "cpu": cpu.cpu,
         "cpu_list": cpu.cpu_list,
+        "numa_nodes": cpu.nodes,
         "booking": list(cpu.booking),
         "clean": cpu.clean,
         "threads": [
@@ -136,7 +137,10 @@ def _cpu_table(cpu: CpuAudit, report: AuditReport) -> list[str]:
     verdict = (
         "clean" if cpu.clean else f"INTRUDED: {len(cpu.threads)} thread(s), {len(cpu.irqs)} IRQ(s)"
     )
-    lines = [f"CPU {cpu.cpu}  (list {cpu.cpu_list}, booked by {booking})  {verdict}"]
+    lines = [
+        f"CPU {cpu.cpu}  (list {cpu.cpu_list}, NUMA node {cpu.nodes}, booked by {booking})"
+        f"  {verdict}"
+    ]
     lb = cpu.load_balancing
     lines.append(f"  load balancing  {'off' if lb.off else 'ON'}: {lb.why}")
     boot = [

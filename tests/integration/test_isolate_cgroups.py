@@ -544,7 +544,13 @@ def test_without_a_cgroup_a_leftover_in_the_group_keeps_the_list_and_setsid_esca
     finally:
         kill(heir)
     mark = f"setsid-{os.getpid()}"
-    freed = no_cgroup.isolate("dataplane", "setsid sleep 300 &", **{MARK: mark})
+    # The command waits until the sleep has made its own session (its group is then its PID):
+    # a leftover still in the command's group when the command exits is held, as it should be.
+    escape = (
+        "setsid sleep 300 & p=$!;"
+        ' while [ "$(ps -o pgid= -p $p | tr -d " ")" != "$p" ]; do sleep 0.01; done'
+    )
+    freed = no_cgroup.isolate("dataplane", escape, **{MARK: mark})
     assert freed.code == 0
     escaped = marked(mark)
     try:

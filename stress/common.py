@@ -247,32 +247,47 @@ def cgroup_top() -> str | None:
 def remove_cgroup_parent() -> None:
     """Kill what the run left in its cgroup parent (only the run put processes there) and
     remove every level of it, bottom-up."""
-    import signal
-
     top = cgroup_top()
     if top is None or not os.path.isdir(top):
         return
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    empty_cgroup_tree(top, 30)
+    remove_cgroup_tree(top, strict=False)
+
+
+def empty_cgroup_tree(top: str, timeout: float) -> list[int]:
+    """SIGKILL every process in the cgroup ``top`` and below it (a tree only this run put
+    processes in) until none is left or ``timeout`` seconds pass; the PIDs still there."""
+    import signal
+
+    deadline = time.monotonic() + timeout
+    while True:
         left: set[int] = set()
         for dirpath, _dirs, _files in os.walk(top):
             try:
                 left.update(int(pid) for pid in _read(f"{dirpath}/cgroup.procs").split())
             except FileNotFoundError:
                 continue
-        if not left:
-            break
+        if not left or time.monotonic() > deadline:
+            return sorted(left)
         for pid in left:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         time.sleep(0.02)
+
+
+def remove_cgroup_tree(top: str, *, strict: bool) -> None:
+    """Remove the cgroup ``top`` and every level below it, bottom-up. ``strict``: a level
+    that cannot be removed (still busy) is an error; else it is left."""
     for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
         try:
             os.rmdir(dirpath)
-        except OSError:
+        except FileNotFoundError:
             pass
+        except OSError:
+            if strict:
+                raise
 
 
 # -- the invariant of issue 10, checked on the live system -----------------------------------

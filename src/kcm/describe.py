@@ -25,17 +25,22 @@ _LIST_PROC_ABOVE = 64
 
 
 class StateRead:
-    """The pools of a state directory and how long the shared lock took to get (seconds)."""
+    """The pools of a state directory, how long the shared lock took to get (seconds), and the
+    texts of the hidden top-level files asked for (``None`` for one that is missing)."""
 
-    __slots__ = ("lock_wait", "pools")
+    __slots__ = ("hidden", "lock_wait", "pools")
 
-    def __init__(self, pools: dict[str, Pool], lock_wait: float) -> None:
+    def __init__(
+        self, pools: dict[str, Pool], lock_wait: float, hidden: dict[str, str | None] | None = None
+    ) -> None:
         self.pools = pools
         self.lock_wait = lock_wait
+        self.hidden = {} if hidden is None else hidden
 
 
-def read_state(conf_dir: str) -> StateRead:
-    """The state under the shared lock, which only waits for writers.
+def read_state(conf_dir: str, hidden: tuple[str, ...] = ()) -> StateRead:
+    """The state under the shared lock, which only waits for writers; and, under the same
+    hold, the hidden top-level files ``hidden`` (``.shield.json``, say).
 
     The one place the read-only views open the state, through a reader that cannot write.
     """
@@ -44,7 +49,8 @@ def read_state(conf_dir: str) -> StateRead:
         state.lock(lock_timeout())
         waited = time.monotonic() - started
         pools = state.read_pools()
-    return StateRead(pools, waited)
+        texts = {name: state.read_hidden(name) for name in hidden}
+    return StateRead(pools, waited, texts)
 
 
 def describe(conf_dir: str) -> str:

@@ -1,9 +1,10 @@
 """``kcm metrics``: the state as Prometheus metrics, printed once, served, or written as a textfile.
 
-The families are pure functions of a ``Snapshot`` (the pools read under describe's shared lock,
-and which recorded tasks still live); ``SOURCES`` lists them. Each metric that comes with later
-work is one more function there, fed by one more field of ``Snapshot`` that ``read_snapshot``
-fills in (the planned ones are listed above ``SOURCES``).
+The families are pure functions of a ``Snapshot`` (the pools, the reconcile loop's totals and
+the shield record, read under describe's shared lock; which recorded tasks still live; and, with
+an exclusive dataplane pool, the audit's judgement of this instant); ``SOURCES`` lists them.
+Each metric that comes with later work is one more function there, fed by one more field of
+``Snapshot`` that ``read_snapshot`` fills in.
 
 Uses the official ``prometheus_client`` for the families, the exposition format and the WSGI
 app; imported only by this command (``tests/k8s/test_imports.py`` checks it stays off the
@@ -22,9 +23,11 @@ from socketserver import TCPServer, ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from kcm import __version__, cpulist
+from kcm import __version__, cpulist, totals
 from kcm.describe import lists_held_by_leftovers, read_state, read_tasks
 from kcm.errors import EnvironmentProblem, KcmError, LockTimeoutError, UsageError
+from kcm.fence import record
+from kcm.fence.audit import AuditReport, DataplaneList
 from kcm.host.procfs import proc_root_or_default
 from kcm.model import FREE, HELD_BY_LEFTOVERS, LIST_STATES, CpuList, Pool, list_state
 from kcm.state import lock_timeout
@@ -37,7 +40,7 @@ try:
         disable_created_metrics,
         generate_latest,
     )
-    from prometheus_client.core import GaugeMetricFamily, Metric
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
     from prometheus_client.exposition import make_wsgi_app
     from prometheus_client.registry import Collector
 except ImportError:  # the standalone kcm of ``kcm install`` carries kcm's modules only
@@ -74,37 +77,133 @@ LOCK_WAIT_BUCKETS = (
 )
 
 
-class Snapshot:
-    """What one scrape read: the pools, the PIDs among their tasks that a process holds, and
-    the lists (``pool/cpus``) only leftovers of gone bookings hold."""
+DATAPLANE = "dataplane"
+UNSHIELDED = "unshielded"
+# kcm_shield_state's states: no record, then the record's phases (kcm.fence.record).
+SHIELD_STATES = (UNSHIELDED, *record.PHASES)
 
-    __slots__ = ("leftovers", "live", "pools")
+
+class HostRoots:
+    """Where the dataplane audit reads the host: procfs, sysfs and the cgroup root."""
+
+    __slots__ = ("cgroup", "proc", "sys")
+
+    def __init__(self, proc: str, sys: str, cgroup: str) -> None:
+        self.proc = proc
+        self.sys = sys
+        self.cgroup = cgroup
+
+
+class Intrusions:
+    """The audit of one instant (``kcm.fence.command.audit_now``), or why it could not be
+    made, and how long it took."""
+
+    __slots__ = ("error", "report", "seconds")
+
+    def __init__(self, report: AuditReport | None, seconds: float, error: str | None) -> None:
+        self.report = report
+        self.seconds = seconds
+        self.error = error
+
+
+class Snapshot:
+    """What one scrape read: the pools, the PIDs among their tasks that a process holds, the
+    lists (``pool/cpus``) only leftovers of gone bookings hold, the reconcile loop's totals
+    (``None``: no loop ever recorded any), the shield record's phase (``None``: no record), and
+    the audit of this instant (``None`` without an exclusive dataplane pool)."""
+
+    __slots__ = ("intrusions", "leftovers", "live", "pools", "shield", "totals")
 
     def __init__(
-        self, pools: dict[str, Pool], live: set[int], leftovers: set[str] | None = None
+        self,
+        pools: dict[str, Pool],
+        live: set[int],
+        leftovers: set[str] | None = None,
+        *,
+        totals: totals.Totals | None = None,
+        shield: str | None = None,
+        intrusions: Intrusions | None = None,
     ) -> None:
         self.pools = pools
         self.live = live
         self.leftovers = set() if leftovers is None else leftovers
+        self.totals = totals
+        self.shield = shield
+        self.intrusions = intrusions
 
     def state(self, pool: str, cl: CpuList) -> str:
         return list_state(cl, f"{pool}/{cl.cpus}" in self.leftovers)
 
 
-def read_snapshot(conf_dir: str, proc_root: str, lock_wait: Histogram) -> Snapshot:
-    """The state under the shared lock (its wait observed in ``lock_wait``), then procfs."""
+def dataplane_lists(pools: dict[str, Pool]) -> tuple[DataplaneList, ...] | None:
+    """The lists the audit judges: those of an exclusive dataplane pool, else ``None``."""
+    pool = pools.get(DATAPLANE)
+    if pool is None or not pool.exclusive:
+        return None
+    return tuple(
+        DataplaneList(cl.cpus, frozenset(cpulist.parse(cl.cpus)), tuple(cl.tasks))
+        for cl in pool.cpu_lists.values()
+    )
+
+
+def audit_instant(
+    conf_dir: str, lists: tuple[DataplaneList, ...], roots: HostRoots, *, strict: bool
+) -> Intrusions:
+    """``kcm.fence.command.audit_now`` on the host at ``roots``; a host that cannot be read
+    raises when ``strict``, else is logged and returned as the error."""
+    from kcm.fence.command import audit_now, cgroup_bookings
+    from kcm.fence.reader import HostReader
+
     started = time.monotonic()
     try:
-        read = read_state(conf_dir)
+        report = audit_now(
+            conf_dir,
+            lists,
+            HostReader(roots.proc, roots.sys, roots.cgroup),
+            booking_of=cgroup_bookings(conf_dir, roots.cgroup),
+        )
+    except KcmError as e:
+        if strict:
+            raise
+        log(f"error: dataplane audit: {e.message}")
+        return Intrusions(None, time.monotonic() - started, e.message)
+    return Intrusions(report, time.monotonic() - started, None)
+
+
+def read_snapshot(
+    conf_dir: str,
+    proc_root: str,
+    lock_wait: Histogram,
+    roots: HostRoots | None = None,
+    *,
+    strict: bool = True,
+) -> Snapshot:
+    """The state under the shared lock (its wait observed in ``lock_wait``), then procfs; with
+    ``roots`` and an exclusive dataplane pool, the audit of this instant there too."""
+    started = time.monotonic()
+    try:
+        read = read_state(conf_dir, hidden=(totals.NAME, record.NAME))
     except LockTimeoutError:
         lock_wait.observe(time.monotonic() - started)
         raise
     lock_wait.observe(read.lock_wait)
+    counted = totals.read(read.hidden[totals.NAME], f"{conf_dir}/{totals.NAME}")
+    shield_text = read.hidden[record.NAME]
+    shield = (
+        None if shield_text is None else record.phase_of(shield_text, f"{conf_dir}/{record.NAME}")
+    )
     pids = [
         pid for pool in read.pools.values() for cl in pool.cpu_lists.values() for pid in cl.tasks
     ]
     live = set(read_tasks(proc_root, pids))
-    return Snapshot(read.pools, live, lists_held_by_leftovers(conf_dir, read.pools, live))
+    leftovers = lists_held_by_leftovers(conf_dir, read.pools, live)
+    lists = dataplane_lists(read.pools)
+    intrusions = None
+    if roots is not None and lists is not None:
+        intrusions = audit_instant(conf_dir, lists, roots, strict=strict)
+    return Snapshot(
+        read.pools, live, leftovers, totals=counted, shield=shield, intrusions=intrusions
+    )
 
 
 # -- the families: pure functions of a snapshot ------------------------------------------------
@@ -181,10 +280,139 @@ def cpu_list_families(snapshot: Snapshot) -> Iterator[Metric]:
     yield from (tasks, stale, state)
 
 
-# Each takes a snapshot and yields families. Planned additions, each one function here and the
-# field of Snapshot that feeds it: reconcile passes and PIDs freed (totals the reconcile loop
-# records), and the shield's state and intruders per dataplane CPU (once the fence exists).
-SOURCES: tuple[Callable[[Snapshot], Iterable[Metric]], ...] = (pool_families, cpu_list_families)
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+def reconcile_families(snapshot: Snapshot) -> Iterator[Metric]:
+    """The reconcile loop's totals (``kcm.totals``): none until a loop has recorded a pass.
+
+    Counters since the loop started, ``kcm_reconcile_loop_start_time_seconds`` (a restarted
+    loop counts from 0 again, which Prometheus' rate() and increase() take as a reset)."""
+    t = snapshot.totals
+    if t is None:
+        return
+    since = " since the reconcile loop started"
+    yield _counter(
+        "kcm_reconcile_passes",
+        f"Passes of kcm reconcile --interval{since}, failed ones included.",
+        t.passes,
+    )
+    yield _counter(
+        "kcm_reconcile_pass_failures",
+        f"Passes that failed{since} (the loop logs why).",
+        t.failed_passes,
+    )
+    yield _counter(
+        "kcm_reconcile_pids_freed", f"Dead tasks removed from CPU lists{since}.", t.pids_freed
+    )
+    yield _counter(
+        "kcm_reconcile_lists_handed_over",
+        f"CPU lists handed over to processes a gone booking left behind{since}.",
+        t.lists_handed_over,
+    )
+    yield _counter(
+        "kcm_reconcile_cgroups_removed", f"Empty booking cgroups removed{since}.", t.cgroups_removed
+    )
+    start = _gauge(
+        "kcm_reconcile_loop_start_time_seconds",
+        "When the reconcile loop that"
+        " recorded these totals started, in Unix seconds: its counters count from"
+        " there.",
+        [],
+    )
+    start.add_metric([], t.started)
+    interval = _gauge("kcm_reconcile_interval_seconds", "The reconcile loop's --interval.", [])
+    interval.add_metric([], t.interval)
+    yield from (start, interval)
+    if t.last_pass_ended is None or t.last_pass_seconds is None:
+        return
+    ended = _gauge(
+        "kcm_reconcile_last_pass_timestamp_seconds",
+        "When the reconcile loop's last pass ended, in Unix seconds.",
+        [],
+    )
+    ended.add_metric([], t.last_pass_ended)
+    took = _gauge(
+        "kcm_reconcile_last_pass_duration_seconds",
+        "How long the reconcile loop's last pass took.",
+        [],
+    )
+    took.add_metric([], t.last_pass_seconds)
+    ok = _gauge(
+        "kcm_reconcile_last_pass_success",
+        "1 if the reconcile loop's last pass succeeded, 0 if it failed.",
+        [],
+    )
+    ok.add_metric([], 1 if t.last_pass_ok else 0)
+    yield from (ended, took, ok)
+
+
+def shield_families(snapshot: Snapshot) -> Iterator[Metric]:
+    """The shield record's phase as a state set; and, per dataplane CPU, what intrudes now.
+
+    Only with an exclusive dataplane pool (what kcm shield and kcm audit need), or a record."""
+    if (
+        snapshot.intrusions is None
+        and snapshot.shield is None
+        and (dataplane_lists(snapshot.pools) is None)
+    ):
+        return
+    state = _gauge(
+        "kcm_shield_state",
+        "1 for the shield's state (unshielded: no .shield.json; else the phase it records:"
+        " shielding, shielded, unshielding), 0 for the other states.",
+        ["state"],
+    )
+    current = UNSHIELDED if snapshot.shield is None else snapshot.shield
+    for each in SHIELD_STATES:
+        state.add_metric([each], 1 if each == current else 0)
+    yield state
+    found = snapshot.intrusions
+    if found is None:
+        return
+    up = _gauge(
+        "kcm_dataplane_audit_up",
+        "1 if this scrape's audit of the dataplane CPUs"
+        " read the host, else 0 (the error is logged on stderr).",
+        [],
+    )
+    up.add_metric([], 0 if found.report is None else 1)
+    took = _gauge(
+        "kcm_dataplane_audit_duration_seconds",
+        "How long this scrape's audit of the dataplane CPUs took.",
+        [],
+    )
+    took.add_metric([], found.seconds)
+    yield from (up, took)
+    if found.report is None:
+        return
+    threads = _gauge(
+        "kcm_dataplane_cpu_intruding_threads",
+        "Threads allowed on the dataplane CPU that are not its list's booking (kcm audit's"
+        " threads, judged at this instant; per-CPU and unmovable kernel threads are not"
+        " counted).",
+        ["cpu"],
+    )
+    irqs = _gauge(
+        "kcm_dataplane_cpu_intruding_irqs",
+        "IRQs whose affinity includes the dataplane CPU (kcm audit's IRQs at this instant;"
+        " ones steered off and not yet moved are not counted).",
+        ["cpu"],
+    )
+    for cpu in found.report.cpus:
+        threads.add_metric([str(cpu.cpu)], len(cpu.threads))
+        irqs.add_metric([str(cpu.cpu)], len(cpu.irqs))
+    yield from (threads, irqs)
+
+
+# Each takes a snapshot and yields families.
+SOURCES: tuple[Callable[[Snapshot], Iterable[Metric]], ...] = (
+    pool_families,
+    cpu_list_families,
+    reconcile_families,
+    shield_families,
+)
 
 
 class StateCollector(Collector):
@@ -195,10 +423,13 @@ class StateCollector(Collector):
     on.
     """
 
-    def __init__(self, conf_dir: str, proc_root: str, *, strict: bool) -> None:
+    def __init__(
+        self, conf_dir: str, proc_root: str, *, strict: bool, roots: HostRoots | None = None
+    ) -> None:
         self.conf_dir = conf_dir
         self.proc_root = proc_root
         self.strict = strict
+        self.roots = roots
         # Not registered anywhere: collect() yields them after the read they measure.
         self.lock_wait = Histogram(
             "kcm_lock_wait_seconds",
@@ -217,7 +448,7 @@ class StateCollector(Collector):
         with self._guard:
             try:
                 snapshot: Snapshot | None = read_snapshot(
-                    self.conf_dir, self.proc_root, self.lock_wait
+                    self.conf_dir, self.proc_root, self.lock_wait, self.roots, strict=self.strict
                 )
             except KcmError as e:
                 if self.strict:
@@ -247,9 +478,18 @@ def registry_for(collector: StateCollector) -> CollectorRegistry:
     return registry
 
 
+def host_roots() -> HostRoots:
+    """The audit's roots: ``$KCM_PROC_FS``, ``$KCM_SYS_FS``, ``$KCM_CGROUP_FS`` (or their
+    defaults), as ``kcm audit`` reads them."""
+    from kcm.fence.command import sys_root
+    from kcm.host.cgroups import cgroup_root
+
+    return HostRoots(proc_root_or_default(), sys_root(), cgroup_root())
+
+
 def exposition(conf_dir: str) -> bytes:
     """The metrics of ``conf_dir`` once, in the Prometheus text format; state errors raise."""
-    collector = StateCollector(conf_dir, proc_root_or_default(), strict=True)
+    collector = StateCollector(conf_dir, proc_root_or_default(), strict=True, roots=host_roots())
     return generate_latest(registry_for(collector))
 
 
@@ -371,7 +611,7 @@ def serve(conf_dir: str, listen: str) -> int:
     import signal
 
     host, port = parse_listen(listen)
-    collector = StateCollector(conf_dir, proc_root_or_default(), strict=False)
+    collector = StateCollector(conf_dir, proc_root_or_default(), strict=False, roots=host_roots())
     registry = registry_for(collector)
     from prometheus_client import ProcessCollector
 

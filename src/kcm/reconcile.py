@@ -24,6 +24,7 @@ from kcm.state import HEIR_PREFIX, OWNER_PREFIX, TMP_PREFIX, StateDir, lock_time
 TYPE_CHECKING = False  # mypy treats this name as True
 if TYPE_CHECKING:
     from kcm.fence.run import Kept
+    from kcm.totals import Totals
 
 
 @dataclass(frozen=True)
@@ -431,11 +432,42 @@ def main(conf_dir: str, interval: float | None, *, quiet: bool = False) -> int:
         print_mismatches(report)
         sys.stdout.write(report.as_json())
         return 1 if report.problems else 0
+    import os
+    import time
+
+    from kcm import totals
     from kcm.loop import run_every
 
+    # The loop's totals, recorded in the state after every pass for kcm metrics (kcm.totals).
+    counted = totals.Totals(pid=os.getpid(), started=time.time(), interval=interval)
+
     def one_pass() -> str:
-        report = reconcile(conf_dir, root)
+        nonlocal counted
+        started = time.monotonic()
+        try:
+            report = reconcile(conf_dir, root)
+        except KcmError:
+            counted = counted.after_pass(time.time(), time.monotonic() - started, ok=False)
+            _record(conf_dir, counted)
+            raise
+        counted = counted.after_pass(
+            time.time(),
+            time.monotonic() - started,
+            ok=True,
+            pids_freed=sum(len(r.pids) for r in report.reclaimed),
+            lists_handed_over=len(report.handed_over),
+            cgroups_removed=len(report.removed_cgroups),
+        )
+        _record(conf_dir, counted)
         print_mismatches(report)
         return report.summary()
 
     return run_every(interval, one_pass, "reconcile")
+
+
+def _record(conf_dir: str, counted: Totals) -> None:
+    from kcm import totals
+
+    why = totals.try_record(conf_dir, counted)
+    if why is not None:
+        print(f"kcm reconcile: totals not recorded (the next pass will): {why}", file=sys.stderr)

@@ -13,6 +13,7 @@ from kcm.fence.audit import AuditInput, AuditReport, DataplaneList, audit, booki
 from kcm.fence.reader import BookingOf, HostReader
 from kcm.fence.render import to_json, to_table
 from kcm.host.cgroups import cgroup_root
+from kcm.host.isolation import Isolation
 from kcm.state import StateReader, lock_timeout
 
 DATAPLANE = "dataplane"
@@ -93,6 +94,40 @@ def run_audit(
             isolation=iso,
             cpusets=tree,
             shield=phase,
+        )
+    )
+
+
+def audit_now(
+    conf_dir: str,
+    lists: tuple[DataplaneList, ...],
+    reader: HostReader,
+    *,
+    booking_of: BookingOf | None = None,
+) -> AuditReport:
+    """The audit's judgement of one instant, for ``kcm metrics``: the threads allowed on each
+    dataplane CPU outside its booking, and the IRQs whose affinity is there (nothing can be
+    seen running in no time, so ``ran`` is ``no`` throughout). One sample judged as both ends,
+    without ``sched`` reads, boot settings or cpusets (they judge nothing): about half the
+    reads of ``run_audit``'s first sample."""
+    dataplane = frozenset().union(*(cl.cpus for cl in lists))
+    irqs = reader.irqs()
+    now, booked = reader.sample(dataplane, time.monotonic, booking_of=booking_of, sched=False)
+    parents = {t.pid: t.ppid for t in now.threads.values() if t.tid == t.pid}
+    bookings = bookings_by_tree(lists, parents)
+    for pid, (pool, name) in booked.items():
+        if pool == DATAPLANE:
+            bookings[pid] = name
+    return audit(
+        AuditInput(
+            conf_dir=os.path.normpath(conf_dir),
+            lists=lists,
+            bookings=bookings,
+            start=now,
+            end=now,
+            irqs=irqs,
+            isolation=Isolation({}, None, None, None, None),
+            cpusets=None,
         )
     )
 

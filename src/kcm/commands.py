@@ -458,16 +458,50 @@ COMMANDS: tuple[Command, ...] = (
                 complete=DIRS,
             ),
         ),
-        env=(PROC_FS_TASKS, LOCK_TIMEOUT, SHARED_STATE, DEBUG),
+        notes=(
+            "Metrics (README \"metrics\" says what each means): per pool kcm_pool_cpus,"
+            " kcm_pool_cpu_lists, kcm_pool_cpu_lists_free, kcm_pool_cpu_lists_held,"
+            " kcm_pool_cpu_lists_held_by_leftovers, kcm_pool_tasks, kcm_pool_exclusive; per"
+            " CPU list kcm_cpu_list_tasks, kcm_cpu_list_stale_tasks, kcm_cpu_list_state.",
+            "Once a kcm reconcile --interval loop has recorded a pass (<dir>/.reconcile.json),"
+            " counters since the loop started: kcm_reconcile_passes_total,"
+            " kcm_reconcile_pass_failures_total, kcm_reconcile_pids_freed_total,"
+            " kcm_reconcile_lists_handed_over_total, kcm_reconcile_cgroups_removed_total;"
+            " and kcm_reconcile_loop_start_time_seconds, kcm_reconcile_interval_seconds,"
+            " kcm_reconcile_last_pass_timestamp_seconds,"
+            " kcm_reconcile_last_pass_duration_seconds, kcm_reconcile_last_pass_success.",
+            "With an exclusive dataplane pool: kcm_shield_state (unshielded, shielding,"
+            " shielded, unshielding), and kcm audit's judgement of the instant of the scrape:"
+            " kcm_dataplane_cpu_intruding_threads and kcm_dataplane_cpu_intruding_irqs per"
+            " CPU, kcm_dataplane_audit_up, kcm_dataplane_audit_duration_seconds.",
+            "Always: kcm_state_up, kcm_state_read_errors_total, kcm_lock_wait_seconds"
+            " (a histogram), kcm_build_info; serving adds the exporter's process_* metrics.",
+        ),
+        env=(
+            Env(
+                "KCM_PROC_FS",
+                "procfs to look the recorded tasks up in, and to read the threads and IRQs of"
+                " the dataplane audit from [default: /proc]",
+            ),
+            Env(
+                "KCM_CGROUP_FS",
+                "the cgroup root whose booking cgroups tell the audit who is booked"
+                " [default: /sys/fs/cgroup]",
+            ),
+            CGROUP_PARENT,
+            LOCK_TIMEOUT,
+            SHARED_STATE,
+            DEBUG,
+        ),
         exits=(
             EXIT_OK,
             EXIT_USAGE,
-            EXIT_STATE,
+            Exit("3", "bad or missing state directory, shield record or reconcile totals"),
             EXIT_LOCK,
             Exit(
                 "6",
-                "cannot listen on --listen's address or write --textfile's file, or no"
-                " prometheus_client",
+                "cannot listen on --listen's address or write --textfile's file, no"
+                " prometheus_client, or the dataplane audit cannot read procfs",
             ),
         ),
     ),

@@ -48,7 +48,7 @@ class Loop:
             env=kcm_env(KCM_PROC_FS="/proc", **env),
         )
 
-    def totals(self, *, hand_edited: bool = False) -> totals.Totals | None:
+    def recorded(self, *, hand_edited: bool = False) -> totals.Totals | None:
         """The file's totals; ``hand_edited``: ``None`` while it holds what a test wrote."""
         try:
             text = Path(self.conf, NAME).read_text()
@@ -66,7 +66,7 @@ class Loop:
     ) -> totals.Totals:
         deadline = time.monotonic() + timeout
         while True:
-            found = self.totals(hand_edited=hand_edited)
+            found = self.recorded(hand_edited=hand_edited)
             if found is not None and found.passes >= n:
                 return found
             assert self.proc.poll() is None, self.proc.communicate()
@@ -162,7 +162,7 @@ def test_a_real_loop_frees_planted_dead_pids_and_metrics_serve_its_totals(
         assert code == 0, err
         assert "totals not recorded" not in err
         # The loop's log counts the passes the file counts.
-        final = loop.totals()
+        final = loop.recorded()
         assert final is not None
         assert f"stopping after {final.passes} pass(es)" in err
     finally:
@@ -199,7 +199,7 @@ def test_failed_passes_are_counted_and_the_loop_goes_on(
     tasks = Path(conf, "pools/dataplane/1/tasks")
     tasks.write_text("12,abc")
     deadline = time.monotonic() + 60
-    while (bad := loop.totals()) is None or bad.failed_passes < failures + 2:
+    while (bad := loop.recorded()) is None or bad.failed_passes < failures + 2:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert bad.last_pass_ok is False
@@ -269,7 +269,7 @@ def test_kill_9_at_any_moment_leaves_totals_that_parse(tmp_path: Path) -> None:
         loop = Loop(conf, "0.001")
         try:
             deadline = time.monotonic() + 30
-            while (now := loop.totals()) is None or now.pid != loop.proc.pid:
+            while (now := loop.recorded()) is None or now.pid != loop.proc.pid:
                 assert time.monotonic() < deadline
                 time.sleep(0.002)
             time.sleep(rng.uniform(0, 0.05))

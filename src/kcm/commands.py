@@ -459,7 +459,7 @@ COMMANDS: tuple[Command, ...] = (
             ),
         ),
         notes=(
-            "Metrics (README \"metrics\" says what each means): per pool kcm_pool_cpus,"
+            'Metrics (README "metrics" says what each means): per pool kcm_pool_cpus,'
             " kcm_pool_cpu_lists, kcm_pool_cpu_lists_free, kcm_pool_cpu_lists_held,"
             " kcm_pool_cpu_lists_held_by_leftovers, kcm_pool_tasks, kcm_pool_exclusive; per"
             " CPU list kcm_cpu_list_tasks, kcm_cpu_list_stale_tasks, kcm_cpu_list_state.",

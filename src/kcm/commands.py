@@ -328,7 +328,10 @@ COMMANDS: tuple[Command, ...] = (
             EXIT_LOCK,
             EXIT_HOST,
         ),
-        notes=("Its JSON report goes to stdout; with --interval, one log line per pass.",),
+        notes=(
+            "Its JSON report goes to stdout; with --interval, one log line per pass, and the"
+            " loop's totals in <dir>/.reconcile.json after each pass, for kcm metrics.",
+        ),
     ),
     Command(
         "isolate",

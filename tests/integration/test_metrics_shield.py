@@ -193,3 +193,21 @@ def test_this_hosts_real_proc_is_audited_and_this_test_intrudes(tmp_path: Path) 
     samples = parse(result.out)
     assert value(samples, "kcm_dataplane_audit_up") == 1
     assert value(samples, "kcm_dataplane_cpu_intruding_threads", cpu="1") >= 1
+
+
+def test_every_metric_is_in_the_help_and_the_readme(tmp_path: Path) -> None:
+    from kcm import totals
+
+    host = fenced_host(str(tmp_path))
+    conf = state_for(tmp_path)
+    write_record(conf, "shielded")
+    ran = totals.Totals(pid=1, started=1.0, interval=60.0).after_pass(2.0, 0.5, ok=True)
+    totals.record(conf, ran)
+    result = run_kcm("metrics", f"--conf-dir={conf}", env=kcm_env(**host.env()))
+    names = {name for name, _ in parse(result.out)}
+    names = {n.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum") for n in names}
+    assert len(names) == 29  # every family kcm has, in this one scrape
+    text = run_kcm("metrics", "--help").out
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert sorted(n for n in names if n not in text.replace("\n", " ")) == []
+    assert sorted(n for n in names if f"`{n}`" not in readme) == []

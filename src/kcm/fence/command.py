@@ -108,8 +108,8 @@ def audit_now(
     """The audit's judgement of one instant, for ``kcm metrics``: the threads allowed on each
     dataplane CPU outside its booking, and the IRQs whose affinity is there (nothing can be
     seen running in no time, so ``ran`` is ``no`` throughout). One sample judged as both ends,
-    without ``sched`` reads, boot settings or cpusets (they judge nothing): about half the
-    reads of ``run_audit``'s first sample."""
+    without ``sched`` reads, boot settings or cpusets (they judge nothing): one file fewer for
+    each thread that matters than a sample of ``run_audit`` (BENCHMARKS.md)."""
     dataplane = frozenset().union(*(cl.cpus for cl in lists))
     irqs = reader.irqs()
     now, booked = reader.sample(dataplane, time.monotonic, booking_of=booking_of, sched=False)

@@ -73,7 +73,8 @@ class HostReader:
     ) -> tuple[Sample, dict[int, tuple[str, str]]]:
         """Every thread and the per-CPU counters now; and the cgroup bookings of the threads
         that matter (``booking_of``), by PID. Without ``sched`` no thread's ``sched`` is read
-        (an instant's judgement needs no run time: ``kcm metrics``), a third of the reads."""
+        (an instant's judgement needs no run time: ``kcm metrics``): one file of four fewer
+        for each thread that matters."""
         root = self.proc_root
         try:
             pids = threads.list_pids(root)

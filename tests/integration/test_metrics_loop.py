@@ -207,11 +207,16 @@ def test_failed_passes_are_counted_and_the_loop_goes_on(
     assert bad.last_pass_ok is False
     assert value(server.scrape(), "kcm_state_up") == 0
     tasks.write_text("")
-    mended = loop.wait_for_passes(bad.passes + 2)
-    assert mended.last_pass_ok is True
+    # The loop passes again (with KCM_LOCK_TIMEOUT=0.2 a pass on a loaded machine may still
+    # time out now and then: the loop goes on, and a later one succeeds).
+    deadline = time.monotonic() + 60
+    while (mended := loop.recorded()) is None or not mended.last_pass_ok:
+        assert time.monotonic() < deadline, mended
+        time.sleep(0.02)
+    assert mended.passes > bad.passes
     samples = server.scrape()
     assert value(samples, "kcm_reconcile_pass_failures_total") >= failures + 2
-    assert value(samples, "kcm_reconcile_last_pass_success") == 1
+    assert value(samples, "kcm_reconcile_passes_total") >= mended.passes
     code, err = loop.stop()
     assert code == 0
     assert "totals not recorded (the next pass will): could not lock" in err

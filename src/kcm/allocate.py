@@ -1,10 +1,15 @@
-"""Carving pools from a topology (init) and choosing a CPU list (isolate); pure functions."""
+"""Carving pools from a topology (init) and choosing a CPU list by placement; pure functions."""
 
 from __future__ import annotations
 
 from kcm import cpulist
 from kcm.errors import EnvironmentProblem, UsageError
 from kcm.model import CpuList, Pool
+
+# isolate's choice lives with the values (kcm.model), so that isolate's start-up need not load
+# the carving below; its names stay importable from here.
+from kcm.model import choose_cpu_list as choose_cpu_list
+from kcm.model import cpu_order as cpu_order
 
 TYPE_CHECKING = False  # typing costs ms at start-up; mypy treats this name as True
 if TYPE_CHECKING:
@@ -139,24 +144,6 @@ def _one_list(cores: list[Core]) -> dict[str, CpuList]:
         return {}
     name = cpulist.format(cpu for core in cores for cpu in core.cpus)
     return {name: CpuList(name)}
-
-
-def cpu_order(name: str) -> tuple[int, ...]:
-    return tuple(sorted(cpulist.parse(name)))
-
-
-def choose_cpu_list(pool: Pool) -> CpuList | None:
-    """The list ``isolate`` takes: exclusive pools the lowest free list, shared the least loaded.
-
-    Ties go to the lowest-numbered CPUs, so choices are reproducible. ``None`` when an
-    exclusive pool has no free list or the pool has no lists.
-    """
-    candidates = list(pool.cpu_lists.values())
-    if pool.exclusive:
-        candidates = [cl for cl in candidates if not cl.tasks]
-    if not candidates:
-        return None
-    return min(candidates, key=lambda cl: (len(cl.tasks), cpu_order(cl.cpus)))
 
 
 # -- placement: lists by socket and NUMA node (isolate --socket-id, --numa-node, --near) ------

@@ -55,10 +55,9 @@ from __future__ import annotations
 import os
 
 from kcm import cpulist
-from kcm.allocate import choose_cpu_list
 from kcm.errors import EnvironmentProblem, KcmError, PoolExhaustedError
 from kcm.host import cgroups, procfs
-from kcm.model import Pool
+from kcm.model import Pool, choose_cpu_list
 from kcm.state import OWNER_PREFIX, StateDir, lock_timeout, validate_pool_name
 
 TYPE_CHECKING = False  # typing costs ms at start-up; mypy treats this name as True

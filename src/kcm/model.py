@@ -6,6 +6,8 @@ where importing ``dataclasses`` alone would cost more than the whole allocation.
 
 from __future__ import annotations
 
+from kcm import cpulist
+
 
 class CpuList:
     """One CPU list of a pool: its name in cpu-list format and the PIDs that hold it."""
@@ -43,6 +45,25 @@ class Pool:
 
     def __repr__(self) -> str:
         return f"Pool({self.name!r}, {self.exclusive!r}, {self.cpu_lists!r})"
+
+
+def cpu_order(name: str) -> tuple[int, ...]:
+    """A list's CPUs in ascending order: lists sort by their lowest CPUs first."""
+    return tuple(sorted(cpulist.parse(name)))
+
+
+def choose_cpu_list(pool: Pool) -> CpuList | None:
+    """The list ``isolate`` takes: exclusive pools the lowest free list, shared the least loaded.
+
+    Ties go to the lowest-numbered CPUs, so choices are reproducible. ``None`` when an
+    exclusive pool has no free list or the pool has no lists.
+    """
+    candidates = list(pool.cpu_lists.values())
+    if pool.exclusive:
+        candidates = [cl for cl in candidates if not cl.tasks]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda cl: (len(cl.tasks), cpu_order(cl.cpus)))
 
 
 # What holds a CPU list, as the table's STATE column and the metrics' ``state`` label name it

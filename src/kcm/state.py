@@ -17,7 +17,6 @@ writer requires root or itself as that owner. SECURITY.md says what each defence
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 
@@ -203,6 +202,8 @@ def _read_tasks(dir_fd: int, name: str, path: str, trust: Trust) -> list[int]:
 
 
 def _why(e: OSError) -> str:
+    import errno  # only for a message: errno is off the isolate path's imports
+
     if e.errno == errno.ELOOP:
         return "it is a symlink, which kcm refuses inside its state directory"
     if e.errno == errno.ENOTDIR:
@@ -372,6 +373,8 @@ class StateReader:
         except FileNotFoundError:
             raise StateError(f"{path} is missing: {self.path} is no kcm state directory") from None
         except OSError as e:
+            import errno
+
             # Readers (describe, discover) also work on a read-only mount or without write access.
             if not (writable and shared and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)):
                 raise StateError(
@@ -998,6 +1001,8 @@ def _make_parents(parent: str) -> None:
 
 def _renamed_in(e: OSError) -> bool:
     """Whether a rename onto a directory failed because another init's state landed there."""
+    import errno
+
     return e.errno in (errno.ENOTEMPTY, errno.EEXIST)
 
 

@@ -75,8 +75,7 @@ def require_host_pid_namespace(root: str) -> None:
         return
     path = f"{root}/2/stat"
     try:
-        with open(path, "rb") as f:
-            stat: Stat | None = parse_stat(f.read(4096).decode("utf-8", "replace"))
+        stat: Stat | None = parse_stat(_read_stat_text(path))
     except (OSError, ParseError):
         stat = None
     if stat is not None and stat.comm == KTHREADD and stat.ppid == 0:
@@ -89,6 +88,26 @@ def require_host_pid_namespace(root: str) -> None:
         f" mount it there), or set {ALLOW_PID_NAMESPACE}=1 if every kcm using this state"
         " runs in this namespace"
     )
+
+
+def _read_stat_text(path: str) -> str:
+    """A ``stat`` file's text (bytes that are not UTF-8 replaced), read to its end.
+
+    Plain ``os.open``/``os.read``: the kernel makes a stat file as one record of a few hundred
+    bytes, whole in the first read (as a fake tree's plain file is), so a read shorter than
+    asked is its end: one read, where a buffered ``open`` makes two and builds its io objects.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, _STAT_READ)]
+        while len(chunks[-1]) == _STAT_READ:
+            chunks.append(os.read(fd, _STAT_READ))
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+_STAT_READ = 4096
 
 
 class Stat:
@@ -145,8 +164,7 @@ def read_stat(root: str, pid: int | str) -> Stat | None:
     """The stat of ``pid`` (or ``"self"``) under ``root``; ``None`` if there is no such process."""
     path = f"{root}/{pid}/stat"
     try:
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8", "replace")
+        text = _read_stat_text(path)
     except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
         return None
     except OSError as e:

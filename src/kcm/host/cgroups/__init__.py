@@ -58,14 +58,14 @@ The lifecycle this API supports (phase 2 wires it into isolate and reconcile):
    process belongs to. ``remove`` never removes a non-empty cgroup: the kernel refuses
    (EBUSY), and that is an answer (False), not an error.
 
-This module is on ``kcm isolate``'s start-up path: no imports beyond ``os``, ``errno`` and kcm's
-core; plain ``os.open``/``os.write``/``os.mkdir``. Writes use ``O_CREAT | O_TRUNC`` as a shell's
-``>`` does, which the kernel's cgroup files accept, so fake trees of plain files work the same.
+This module is on ``kcm isolate``'s start-up path: no imports beyond ``os`` and kcm's core
+(``errno`` only where a call failed); plain ``os.open``/``os.write``/``os.mkdir``. Writes use
+``O_CREAT | O_TRUNC`` as a shell's ``>`` does, which the kernel's cgroup files accept, so fake
+trees of plain files work the same.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 
 from kcm import cpulist
@@ -455,6 +455,8 @@ class Backend:
                 if not parts:
                     raise CgroupError(f"cannot leave a booking: {target} is gone") from None
             except OSError as e:
+                import errno
+
                 # v2: an ancestor that has since delegated controllers can't hold processes.
                 if not parts or e.errno not in (errno.EBUSY, errno.EOPNOTSUPP):
                     raise CgroupError(f"cannot move kcm back to {target}: {why(e)}") from None
@@ -490,6 +492,8 @@ class Backend:
         except FileNotFoundError:
             return True
         except OSError as e:
+            import errno  # a booking still held (or not empty): off the plain release's path
+
             if e.errno not in (errno.EBUSY, errno.ENOTEMPTY):
                 raise CgroupError(f"cannot remove {path}: {why(e)}") from None
         try:

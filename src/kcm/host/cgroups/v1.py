@@ -13,7 +13,6 @@ creator would write: two creators racing write the same bytes, and the second is
 
 from __future__ import annotations
 
-import errno
 import os
 
 from kcm.errors import CgroupError
@@ -30,8 +29,10 @@ from kcm.host.cgroups import (
 CPUS = "cpuset.cpus"
 MEMS = "cpuset.mems"
 # What a write below a level that isn't initialised yet fails with (EACCES: not within the
-# parent; ENOSPC: nothing to run on; ENOENT: the level was just removed).
-_NOT_READY = (errno.EACCES, errno.ENOSPC, errno.ENOENT)
+# parent; ENOSPC: nothing to run on; ENOENT: the level was just removed). The numbers are
+# Linux's (``errno`` is imported only for a failure's message, off isolate's start-up path).
+_EACCES, _ENOENT, _ENOSPC = 13, 2, 28
+_NOT_READY = (_EACCES, _ENOSPC, _ENOENT)
 
 
 class CpusetV1(Backend):
@@ -69,7 +70,7 @@ class CpusetV1(Backend):
             except OSError as e:
                 if not strict and e.errno in _NOT_READY:
                     return False
-                if e.errno == errno.ENOENT:
+                if e.errno == _ENOENT:
                     return False
                 raise CgroupError(_write_failure(path, name, value, e)) from None
         return True
@@ -131,6 +132,8 @@ def _initialise(level: str, cpus: str, mems: str, want_cpus: str | None) -> tupl
 
 
 def _write_failure(path: str, name: str, value: str, e: OSError) -> str:
+    import errno
+
     if e.errno == errno.EACCES:
         hint = "not within the level above it, or not permitted"
     elif e.errno == errno.EBUSY:

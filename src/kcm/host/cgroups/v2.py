@@ -15,7 +15,6 @@ a no-op).
 
 from __future__ import annotations
 
-import errno
 import os
 
 from kcm.errors import CgroupError
@@ -57,6 +56,8 @@ class Unified(Backend):
             try:
                 write_file(f"{path}/{name}", value)
             except OSError as e:
+                import errno  # as in kcm.host.cgroups: only once a call failed
+
                 # No such file (EACCES from the O_CREAT, or ENOENT): cpuset is not enabled
                 # in the list level's subtree_control yet.
                 if e.errno == errno.ENOENT or (not strict and e.errno == errno.EACCES):
@@ -107,6 +108,8 @@ def _enable_cpuset(level: str) -> bool:
     try:
         write_file(control, "+cpuset")
     except OSError as e:
+        import errno
+
         if e.errno in (errno.EBUSY, errno.EOPNOTSUPP):
             # EBUSY: this level holds processes. EOPNOTSUPP: cpuset is threaded, so a level
             # with processes may still enable it, but then its children are "domain invalid"

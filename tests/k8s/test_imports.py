@@ -59,9 +59,10 @@ def test_isolate_loads_neither_the_help_texts_nor_the_completion(state2: str, ho
     assert "kcm.commands" in help_run.err  # the check above would see it
 
 
-def test_a_plain_isolate_loads_neither_the_carving_nor_errno(state2: str, home: Path) -> None:
+def test_a_plain_isolate_loads_neither_the_carving_nor_the_state_builder_nor_errno(state2: str, home: Path) -> None:
     """Every module costs isolate's start-up ~0.1 ms: a booking without placement options
-    chooses its list with the values (kcm.model), and errno waits for a failed call."""
+    chooses its list with the values (kcm.model), init alone builds a state, and errno waits
+    for a failed call."""
     result = run(
         [sys.executable, "-X", "importtime", KCM, "isolate", f"--conf-dir={state2}",
          "--pool=infra", "true"],
@@ -70,7 +71,7 @@ def test_a_plain_isolate_loads_neither_the_carving_nor_errno(state2: str, home: 
     assert result.code == 0, result.err
     loaded = {line.rsplit("|", 1)[1].strip() for line in result.err.splitlines() if "|" in line}
     assert {"kcm.isolate", "kcm.model", "kcm.state"} <= loaded
-    assert not loaded & {"kcm.allocate", "errno", "kcm.placement"}, loaded
+    assert not loaded & {"kcm.allocate", "kcm.state_create", "errno", "kcm.placement"}, loaded
 
 
 @pytest.mark.parametrize(

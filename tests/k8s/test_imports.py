@@ -59,7 +59,9 @@ def test_isolate_loads_neither_the_help_texts_nor_the_completion(state2: str, ho
     assert "kcm.commands" in help_run.err  # the check above would see it
 
 
-def test_a_plain_isolate_loads_neither_the_carving_nor_the_state_builder_nor_errno(state2: str, home: Path) -> None:
+def test_a_plain_isolate_loads_no_carving_no_state_builder_no_errno(
+    state2: str, home: Path
+) -> None:
     """Every module costs isolate's start-up ~0.1 ms: a booking without placement options
     chooses its list with the values (kcm.model), init alone builds a state, and errno waits
     for a failed call."""

@@ -28,11 +28,6 @@ from kcm.host.cgroups import (
 
 CPUS = "cpuset.cpus"
 MEMS = "cpuset.mems"
-# What a write below a level that isn't initialised yet fails with (EACCES: not within the
-# parent; ENOSPC: nothing to run on; ENOENT: the level was just removed). The numbers are
-# Linux's (``errno`` is imported only for a failure's message, off isolate's start-up path).
-_EACCES, _ENOENT, _ENOSPC = 13, 2, 28
-_NOT_READY = (_EACCES, _ENOSPC, _ENOENT)
 
 
 class CpusetV1(Backend):
@@ -68,9 +63,13 @@ class CpusetV1(Backend):
             try:
                 write_file(f"{path}/{name}", value)
             except OSError as e:
-                if not strict and e.errno in _NOT_READY:
+                import errno  # on a failure only: off isolate's start-up path
+
+                # A level not initialised yet refuses a write below it (EACCES: not within
+                # the parent; ENOSPC: nothing to run on); ENOENT: it was just removed.
+                if not strict and e.errno in (errno.EACCES, errno.ENOSPC):
                     return False
-                if e.errno == _ENOENT:
+                if e.errno == errno.ENOENT:
                     return False
                 raise CgroupError(_write_failure(path, name, value, e)) from None
         return True

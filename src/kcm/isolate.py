@@ -191,7 +191,7 @@ def book(
                     )
         booking = None
         if backend is not None:
-            cpus = backend.usable_cpus(chosen.cpus)
+            cpus = backend.usable_cpus(chosen.cpus, pool_name)
             if not cpus:
                 raise EnvironmentProblem(
                     f"cannot pin to CPUs {chosen.cpus} of pool {pool_name!r}: the host has none"

@@ -407,8 +407,9 @@ class Backend:
         wanted = cpulist.parse(nodes)
         return cpulist.format(wanted & have) if wanted & have else ""
 
-    def usable_cpus(self, cpu_list: str) -> str:
-        """The CPUs of ``cpu_list`` that the hierarchy has, in cpu-list form ("" if none).
+    def usable_cpus(self, cpu_list: str, pool: str | None = None) -> str:
+        """The CPUs of ``cpu_list`` (of ``pool``) that the hierarchy has, in cpu-list form
+        ("" if none).
 
         A list may name CPUs the machine lacks or has taken offline: ``sched_setaffinity``
         ignores those, but a cpuset refuses them (ERANGE, EINVAL), so a booking gets the rest.

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import os
 
-from kcm.errors import CgroupError
+from kcm import cpulist
+from kcm.errors import CgroupError, ParseError
 from kcm.host.cgroups import Backend, Booking, read_file, read_level_file, why, write_file
 
 CPUS = "cpuset.cpus"
@@ -33,7 +34,24 @@ class Unified(Backend):
     MOVE_FILE = "cgroup.procs"
     ROOT_CPUS = "cpuset.cpus.effective"
     ROOT_MEMS = "cpuset.mems.effective"
+    LEVEL_CPUS = "cpuset.cpus.effective"
     __slots__ = ()
+
+    def usable_cpus(self, cpu_list: str, pool: str | None = None) -> str:
+        """The CPUs of ``cpu_list`` the hierarchy has, counting those of a partition at the
+        list's own level: ``kcm shield`` makes the list's level an isolated partition, which
+        takes its CPUs out of the root's effective CPUs and gives them to the level."""
+        have = super().usable_cpus(cpu_list)
+        if have == cpu_list or pool is None:
+            return have
+        text = read_level_file(self.list_path(pool, cpu_list), self.LEVEL_CPUS)
+        try:
+            level = cpulist.parse(text) if text else frozenset()
+        except ParseError:
+            return have
+        wanted = cpulist.parse(cpu_list)
+        got = (cpulist.parse(have) if have else frozenset()) | (wanted & level)
+        return cpu_list if got == wanted else cpulist.format(got)
 
     def _make_booking(
         self, path: str, list_path: str, cpus: str, mems: str | None, *, strict: bool

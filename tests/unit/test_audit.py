@@ -289,6 +289,11 @@ def test_a_thread_moved_off_while_asleep_is_no_intruder_until_it_runs_there() ->
 
     assert judge(moved) == []
     assert judge(thread(3, 90, 0, "0-2", pid=400)) == [(400, Ran.YES)]
+    # Woken meanwhile, it ran within its affinity, elsewhere (khugepaged in the guest, right
+    # after a shield): no intrusion while the affinity read at the end still excludes the CPU.
+    assert judge(thread(2, 90, 1, "0-2", pid=400)) == []
+    # Read again at the end with the CPU allowed once more: it may have run here.
+    assert judge(thread(2, 90, 1, "0-3", pid=400)) == [(400, Ran.MAYBE)]
 
 
 def judge_one(start: list[ThreadSample], end: list[ThreadSample], **kw: object) -> CpuAudit:

@@ -250,6 +250,13 @@ def ran_on(cpu: int, start: ThreadSample | None, end: ThreadSample | None) -> tu
     return Ran.NOT_SEEN, delta
 
 
+def _excluded_throughout(start: ThreadSample | None, end: ThreadSample | None, cpu: int) -> bool:
+    """Whether the thread's allowed CPUs, read at both samples, excluded ``cpu``."""
+    return all(
+        x is not None and x.allowed is not None and cpu not in x.allowed for x in (start, end)
+    )
+
+
 def _rate(start: CounterTable, end: CounterTable, cpu: int, elapsed: float) -> float:
     total = 0
     for source in end.rows:
@@ -373,6 +380,11 @@ def audit(inp: AuditInput) -> AuditReport:
                 if ran is Ran.NO and allowed is not None and cpu not in allowed:
                     # Its last CPU, from before its affinity was narrowed while it slept: it
                     # can no longer run here, and did not.
+                    continue
+                if ran is Ran.MAYBE and _excluded_throughout(s, e, cpu):
+                    # The same, woken meanwhile: placed within its affinity, elsewhere. Its
+                    # affinity excluded the CPU at both samples, so it ran here only if the
+                    # affinity was widened and narrowed again between them.
                     continue
                 if t.kernel and t.no_setaffinity and ran in (Ran.NO, Ran.NOT_SEEN):
                     unmovable.append(UnmovableThread(t.pid, t.tid, t.comm, allowed))

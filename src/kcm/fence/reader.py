@@ -6,7 +6,10 @@ Per thread, at the start of the interval: ``stat`` (last CPU, flags, CPU time in
 one, or last seen on one) also ``sched`` (``se.sum_exec_runtime`` in ns and
 ``se.nr_migrations``; ``schedstat``'s run time where the kernel has no ``sched``) and
 ``cgroup``. At the end only ``stat``, and ``sched`` of those threads (new threads are read in
-full). Allowed CPUs are therefore as read at the start (at the end for threads that appeared).
+full). Allowed CPUs are therefore as read at the start (at the end for threads that appeared),
+but for a thread last seen on a dataplane CPU it was not allowed on (moved off while it
+slept): its ``status`` is read again, since only an affinity that excluded the CPU at both
+samples shows it did not go back there.
 """
 
 from __future__ import annotations
@@ -125,7 +128,7 @@ class HostReader:
             raise EnvironmentProblem(f"{task_path(root, pid, tid, 'stat')}: {e}") from None
         if prev is not None and prev.start_time != st.start_time:
             prev = None  # the tid was reused by another thread
-        if prev is not None:
+        if prev is not None and not _left_asleep(prev, dataplane):
             allowed = prev.allowed
         else:
             status = read_text(task_path(root, pid, tid, "status"))
@@ -185,3 +188,13 @@ class HostReader:
             return parse(text)
         except ParseError as e:
             raise EnvironmentProblem(f"{path}: {e}") from None
+
+
+def _left_asleep(prev: ThreadSample, dataplane: frozenset[int]) -> bool:
+    """Last seen on a dataplane CPU its allowed CPUs exclude: the kernel narrowed its affinity
+    while it slept, and leaves its last CPU as it was until it wakes."""
+    return (
+        prev.processor in dataplane
+        and prev.allowed is not None
+        and prev.processor not in prev.allowed
+    )

@@ -18,7 +18,7 @@ import pytest
 
 from stress import fence
 from stress.fence import Fixture, differences, fence_files, kcm, unfenced
-from tests.guest.kernel import status_field
+from tests.guest.kernel import remove_cgroup, status_field
 
 pytestmark = pytest.mark.guest("v1", "v2")
 
@@ -76,14 +76,36 @@ def test_shield_makes_the_audit_clean_and_unshield_restores_every_byte(booked: F
 
 
 def test_the_audit_finds_what_root_plants_on_a_shielded_cpu(booked: Fixture) -> None:
+    from kcm.fence import run
+
     conf = f"--conf-dir={booked.conf}"
     kcm("shield", conf, "--quiet")
     mode = os.environ["KCM_IN_GUEST"]
-    # Inside the system set, taskset cannot reach the dataplane CPU: a process root moves
-    # out of it on purpose can.
+    # Inside the system set, taskset cannot reach the dataplane CPU. On v1 a process root
+    # moves out of it on purpose, into the root cpuset, can. On v2 the list's level is an
+    # isolated partition that holds CPU 3 alone, so not even the root cgroup has it: root
+    # plants the process in a cgroup of its own inside the partition, beside the booking.
     root = "/sys/fs/cgroup/cpuset/tasks" if mode == "v1" else "/sys/fs/cgroup/cgroup.procs"
+    planted = None
+    if mode == "v2":
+        escape = subprocess.run(
+            ["sh", "-c", f"echo $$ > {root} && exec taskset -c 3 true"],
+            capture_output=True,
+            text=True,
+        )
+        assert escape.returncode != 0 and "Invalid argument" in escape.stderr, escape.stderr
+        (partition,) = [
+            p
+            for p in run.recorded_cgroups(booked.conf, fence.CGROUP_FS)
+            if Path(p, "cpuset.cpus.partition").read_text().strip() == "isolated"
+        ]
+        assert Path(partition, "cpuset.cpus.effective").read_text().strip() == "3"
+        planted = Path(partition, f"kcm-guest-rogue-{os.getpid()}")
+        planted.mkdir()
+        root = str(planted / "cgroup.procs")
+    # The path as an argument: a state id's escapes (``\x2d``) are not the shell's to read.
     rogue = subprocess.Popen(
-        ["sh", "-c", f"echo $$ > {root} && exec taskset -c 3 sh -c 'while :; do :; done'"]
+        ["sh", "-c", 'echo $$ > "$1" && exec taskset -c 3 sh -c "while :; do :; done"', "sh", root]
     )
     irq = fence.irq_by_name(fence.IRQ_SOURCE_NAME)
     assert irq is not None
@@ -103,6 +125,8 @@ def test_the_audit_finds_what_root_plants_on_a_shielded_cpu(booked: Fixture) -> 
         rogue.kill()
         rogue.wait()
         steered.write_text(fenced_value.strip())
+        if planted is not None:
+            remove_cgroup(planted)
     assert audit(booked).returncode == 0
 
 

@@ -619,6 +619,39 @@ def measure(
     return out
 
 
+QUANTITIES = (
+    "rate",
+    "involuntary_per_s",
+    "interrupts_per_s",
+    "source_irq_per_s",
+    "timer_per_s",
+    "intruders_audit",
+    "intruders_scan",
+)
+
+
+def ranges(rounds: list[Round]) -> dict[str, dict[str, list[float]]]:
+    """Per case, each measured quantity's smallest and largest round (and the loop rate's
+    against the idle rounds' median)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    idle = [r.rate for r in rounds if r.case == "idle"]
+    idle_median = statistics.median(idle) if idle else None
+    for case in CASES:
+        these = [r for r in rounds if r.case == case]
+        if not these:
+            continue
+        out[case] = {
+            name: [min(getattr(r, name) for r in these), max(getattr(r, name) for r in these)]
+            for name in QUANTITIES
+        }
+        if idle_median:
+            out[case]["rate_vs_idle"] = [
+                min(r.rate for r in these) / idle_median,
+                max(r.rate for r in these) / idle_median,
+            ]
+    return out
+
+
 def summary(rounds: list[Round], skip_first: int = 0) -> dict[str, dict[str, float]]:
     """Medians per case (and the worst intruder count), the first ``skip_first`` of each case
     left out."""
@@ -666,6 +699,7 @@ def run_measurement(
         "rounds_per_case": rounds,
         "seconds": seconds,
         "summary": summary(raw),
+        "ranges": ranges(raw),
         "rounds": [r.__dict__ for r in raw],
     }
 

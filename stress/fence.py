@@ -319,6 +319,23 @@ def killed_run(args: list[str], delay: float) -> int | None:
         return None
 
 
+def killed_after_save(args: list[str], conf: str, marker: str, delay: float) -> int | None:
+    """Start ``kcm <args>``, wait for the record's first save (phase ``marker``), SIGKILL it
+    ``delay`` seconds later; its exit status if it ended first, else None. Under TCG the
+    interpreter's start-up varies by seconds from run to run, so a kill timed from the start
+    rarely lands in the short span between the save and the end."""
+    proc = kcm_popen(*args)
+    try:
+        while proc.poll() is None and record_phase(conf) != marker:
+            time.sleep(0.002)
+        proc.wait(delay)
+        return proc.returncode
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
+
+
 def record_phase(conf: str) -> str | None:
     text = read(f"{conf}/.shield.json")
     return None if text is None else str(json.loads(text)["phase"])
@@ -345,7 +362,8 @@ def kill_trials(fx: Fixture, trials: int, seed: int) -> Trials:
     shield; unshield killed at a random instant, unshield again, compare with the start.
 
     Most of a run under TCG is the interpreter starting: a fifth of the kills land anywhere
-    before the record's first save, the rest between it and the end, where steps are done."""
+    before the record's first save, the rest between it and the end, where steps are done,
+    timed from the save itself (``killed_after_save``)."""
     rng = random.Random(seed)
     conf = f"--conf-dir={fx.conf}"
     original = fence_files()
@@ -366,10 +384,14 @@ def kill_trials(fx: Fixture, trials: int, seed: int) -> Trials:
         progress(f"kill trial {trial + 1}/{trials}")
         for command, target in (("shield", shielded), ("unshield", original)):
             span, first = windows[command]
-            delay = rng.uniform(0, first) if rng.random() < 0.2 else rng.uniform(first, span)
-            code = killed_run([command, conf, "--quiet"], delay)
-            phase = record_phase(fx.conf)
             marker = "shielding" if command == "shield" else "unshielding"
+            if rng.random() < 0.2:
+                delay = rng.uniform(0, first)
+                code = killed_run([command, conf, "--quiet"], delay)
+            else:
+                delay = rng.uniform(0, max(span - first, 0.05))
+                code = killed_after_save([command, conf, "--quiet"], fx.conf, marker, delay)
+            phase = record_phase(fx.conf)
             if code is not None:
                 out.finished_first[command] += 1
             elif phase == marker:

@@ -63,6 +63,7 @@ from kcm.state import OWNER_PREFIX, StateDir, lock_timeout, validate_pool_name
 TYPE_CHECKING = False  # typing costs ms at start-up; mypy treats this name as True
 if TYPE_CHECKING:
     import signal as _signal
+    from collections.abc import Callable
 
     from kcm.model import CpuList
     from kcm.placement import Placed, Placement
@@ -305,28 +306,52 @@ def finish(
     backend: cgroups.Backend | None,
     origin: str | None,
     command_pgid: int,
+    ending: bool = False,
 ) -> None:
     """After the command: leave the booking, then release the list or hand it over to what
-    the command left behind. Never raises: the command's status is kcm's in any case."""
+    the command left behind. Never raises: the command's status is kcm's in any case.
+
+    ``ending``: kcm passed a signal to the command's group, so its other members got it too
+    and may still be on their way out (a shell's child outlives the shell by a moment): they
+    are given up to ``ENDING_GRACE`` seconds to go before they count as leftovers."""
     booking = booked.booking
     try:
         if booking is not None:
             assert backend is not None
             if origin is not None:
                 backend.leave(origin)
-            if not backend.populated(backend.path(booking)):
+            path = backend.path(booking)
+            if ending:
+                _wait_until(lambda: not backend.populated(path), ENDING_GRACE)
+            if not backend.populated(path):
                 release(conf_dir, pool_name, booked.cpus, me.pid)
                 _remove_quietly(backend, booking)  # empty for good: nothing is left to fork
                 return
-        elif not command_pgid or not _group_lives(command_pgid):
-            release(conf_dir, pool_name, booked.cpus, me.pid)
-            return
+        else:
+            if ending and command_pgid:
+                _wait_until(lambda: not _group_lives(command_pgid), ENDING_GRACE)
+            if not command_pgid or not _group_lives(command_pgid):
+                release(conf_dir, pool_name, booked.cpus, me.pid)
+                return
     except KcmError as e:
         _error(f"{e.message}; CPU list {booked.cpus} of pool {pool_name!r} stays booked")
         return
     from kcm import reclaim  # off the fast path: only a command's leftovers need it
 
     reclaim.hand_over_at_exit(conf_dir, pool_name, booked, me, proc_root, backend, command_pgid)
+
+
+# How long the members of a command's group that kcm passed a signal to have to end before
+# what is left counts as leftovers that keep the list booked.
+ENDING_GRACE = 1.0
+
+
+def _wait_until(done: Callable[[], bool], seconds: float) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def _group_lives(pgid: int) -> bool:
@@ -351,6 +376,7 @@ class _Forwarder:
         self.child_pgid = 0
         self.command_pgid = 0  # kept after ``finish``: the group leftovers may live on in
         self.finished = False
+        self.forwarded = False  # a signal reached the command's group: its members are ending
         self.pending: list[int] = []
 
     def __call__(self, signum: int, frame: object) -> None:
@@ -359,6 +385,7 @@ class _Forwarder:
         if self.child_pgid:
             try:
                 os.killpg(self.child_pgid, signum)
+                self.forwarded = True
             except ProcessLookupError:
                 pass
         else:
@@ -429,7 +456,17 @@ def run(
         status = _spawn_and_wait(argv, env, forwarder, previous)
         command_pgid = forwarder.command_pgid
     finally:
-        finish(conf_dir, pool_name, booked, me, root, backend, origin, command_pgid)
+        finish(
+            conf_dir,
+            pool_name,
+            booked,
+            me,
+            root,
+            backend,
+            origin,
+            command_pgid,
+            forwarder.forwarded,
+        )
     return exit_status(status)
 
 

@@ -125,6 +125,27 @@ def numa_argv(smp: int, memory_mb: int, nodes: int) -> list[str]:
     return argv
 
 
+# The guest mounts a tmpfs of its own on each of these (tests/guest/init.sh).
+SCRATCH = ("/tmp", "/var/tmp", "/run")
+
+
+def hidden_paths(paths: Sequence[Path] | None = None) -> list[str]:
+    """The checkout and the ``shared`` beside it where they sit below one of the guest's
+    scratch directories (a CI clone in /tmp), which the guest then mounts again over its
+    tmpfs. A path the kernel command line cannot carry (white space, a comma) is refused."""
+    if paths is None:
+        paths = [CHECKOUT, CHECKOUT.parent / "shared"]
+    keep = []
+    for path in paths:
+        text = os.path.abspath(path)
+        if not os.path.exists(text) or not any(text.startswith(d + "/") for d in SCRATCH):
+            continue
+        if any(c.isspace() or c == "," for c in text):
+            raise ValueError(f"the guest cannot mount {text} again: white space or a comma")
+        keep.append(text)
+    return keep
+
+
 def qemu_argv(
     kernel: GuestKernel,
     *,
@@ -140,6 +161,9 @@ def qemu_argv(
     if any(c.isspace() for c in str(job)):
         raise ValueError(f"the job's path goes on the kernel command line: {job}")
     append = f"console=ttyS0 quiet panic=-1 kcm.cgroup={cgroup} kcm.job={job}"
+    keep = hidden_paths()
+    if keep:
+        append += f" kcm.keep={','.join(keep)}"
     return [
         "qemu-system-x86_64",
         "-nodefaults",

@@ -19,6 +19,7 @@ from tests.guest.harness import (
     exit_code,
     failure,
     guest_env,
+    hidden_paths,
     job_script,
     numa_argv,
     pytest_counts,
@@ -417,3 +418,17 @@ def test_kcm_in_guest_on_the_host_refuses_to_run_the_guest_tests() -> None:
     assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout + done.stderr
     assert "not the project's guest" in done.stderr
     assert "passed" not in done.stdout and "failed" not in done.stdout
+
+
+def test_a_checkout_below_the_guests_scratch_is_mounted_again(tmp_path: Path) -> None:
+    # A CI clone in /tmp: the guest's own tmpfs on /tmp would hide it (the job's "cd" failed).
+    clone = Path("/tmp") / f"kcm-keep-{os.getpid()}"
+    (clone / "kcm").mkdir(parents=True)
+    try:
+        outside = Path(__file__).resolve().parent
+        assert hidden_paths([clone / "kcm", clone / "shared", outside]) == [str(clone / "kcm")]
+        (clone / "a,b").mkdir()
+        with pytest.raises(ValueError, match="comma"):
+            hidden_paths([clone / "a,b"])
+    finally:
+        shutil.rmtree(clone)

@@ -132,7 +132,8 @@ SCRATCH = ("/tmp", "/var/tmp", "/run")
 def hidden_paths(paths: Sequence[Path] | None = None) -> list[str]:
     """The checkout and the ``shared`` beside it where they sit below one of the guest's
     scratch directories (a CI clone in /tmp), which the guest then mounts again over its
-    tmpfs. A path the kernel command line cannot carry (white space, a comma) is refused."""
+    tmpfs: ``<path>:<what it resolves to>`` each (a link's target is mounted at the link). A
+    path the kernel command line cannot carry (white space, a comma, a colon) is refused."""
     if paths is None:
         paths = [CHECKOUT, CHECKOUT.parent / "shared"]
     keep = []
@@ -140,9 +141,10 @@ def hidden_paths(paths: Sequence[Path] | None = None) -> list[str]:
         text = os.path.abspath(path)
         if not os.path.exists(text) or not any(text.startswith(d + "/") for d in SCRATCH):
             continue
-        if any(c.isspace() or c == "," for c in text):
-            raise ValueError(f"the guest cannot mount {text} again: white space or a comma")
-        keep.append(text)
+        pair = f"{text}:{os.path.realpath(text)}"
+        if any(c.isspace() or c == "," for c in pair) or pair.count(":") != 1:
+            raise ValueError(f"the guest cannot mount {text} again: white space, ',' or ':'")
+        keep.append(pair)
     return keep
 
 

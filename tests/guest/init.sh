@@ -28,7 +28,7 @@ stty -F /dev/ttyS2 raw -echo || fail "stty ttyS2"
 
 cgroup=""
 job=""
-keep=""  # paths below /tmp, /var/tmp or /run (a checkout there) that the tmpfs must not hide
+keep=""  # <path>:<its real path>,...: a checkout below /tmp, /var/tmp or /run the tmpfs must not hide
 for word in $(cat /proc/cmdline); do
     case "$word" in
         kcm.cgroup=*) cgroup="${word#kcm.cgroup=}" ;;
@@ -56,15 +56,17 @@ mkdir -p "$root/dev/pts" "$root/dev/shm"
 mount -t devpts devpts "$root/dev/pts" || fail "mount devpts"
 mount -t tmpfs -o mode=1777 tmpfs "$root/dev/shm" || fail "mount /dev/shm"
 n=0
-for path in $(echo "$keep" | tr ',' ' '); do
-    mkdir -p "/keep/$n" && mount -o bind "$root$path" "/keep/$n" || fail "keep $path"
+for pair in $(echo "$keep" | tr ',' ' '); do
+    real="${pair#*:}"
+    mkdir -p "/keep/$n" && mount -o bind "$root$real" "/keep/$n" || fail "keep $real"
     n=$((n + 1))
 done
 for dir in /tmp /var/tmp /run; do
     mount -t tmpfs -o mode=1777 tmpfs "$root$dir" || fail "mount tmpfs on $dir"
 done
 n=0
-for path in $(echo "$keep" | tr ',' ' '); do
+for pair in $(echo "$keep" | tr ',' ' '); do
+    path="${pair%%:*}"
     mkdir -p "$root$path" && mount -o bind "/keep/$n" "$root$path" || fail "mount $path again"
     n=$((n + 1))
 done

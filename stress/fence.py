@@ -521,8 +521,18 @@ def ran_there(
         if t.pid in skip or t.bound_to == cpu:
             continue
         grew = b is None or t.runtime_ns > b.runtime_ns
-        if grew and (t.processor == cpu or (b is not None and b.processor == cpu)):
-            out.append(f"{t.comm} ({t.pid}/{tid})")
+        if not grew:
+            continue
+        if t.processor != cpu:
+            if b is None or b.processor != cpu:
+                continue
+            # Last on the CPU at the first sample only: moved off while asleep (the kernel
+            # leaves its last CPU as it was) and woken elsewhere, it could not have run here
+            # if its affinity, narrowed before the round, still excludes the CPU.
+            allowed = threads.parse_status_allowed(read(f"/proc/{t.pid}/task/{tid}/status") or "")
+            if allowed is not None and cpu not in allowed:
+                continue
+        out.append(f"{t.comm} ({t.pid}/{tid})")
     return out
 
 

@@ -77,8 +77,11 @@ class Unified(Backend):
                 import errno  # as in kcm.host.cgroups: only once a call failed
 
                 # No such file (EACCES from the O_CREAT, or ENOENT): cpuset is not enabled
-                # in the list level's subtree_control yet.
-                if e.errno == errno.ENOENT or (not strict and e.errno == errno.EACCES):
+                # in the list level's subtree_control yet. Seen in the guest with 8 creators
+                # racing even after the levels were made: the caller makes them again and
+                # retries; a file that is there and refuses is an error.
+                missing = e.errno == errno.EACCES and not os.path.exists(f"{path}/{name}")
+                if e.errno == errno.ENOENT or (e.errno == errno.EACCES and not strict) or missing:
                     return False
                 raise CgroupError(f"cannot set {path}/{name} to {value}: {why(e)}") from None
         return True

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from spp_runner.progress import Progress
 
 
@@ -78,9 +80,10 @@ def test_an_interrupted_wait_ends_its_line() -> None:
     assert out.getvalue().count("\n") == 1
 
 
-def test_quiet_progress_writes_nothing() -> None:
+def test_quiet_progress_writes_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     progress = Progress(None, clock=Clock())
     progress.begin("primary", "packet memory")
     progress.tick()
     progress.timed_out(30, "it never appeared")
     progress.end()
+    assert capsys.readouterr() == ("", "")  # not on stdout or stderr either

@@ -5,11 +5,18 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from kcm import cpulist
 from kcm.errors import StateError, UsageError
-from kcm.fence.audit import AuditInput, AuditReport, DataplaneList, audit, bookings_by_tree
+from kcm.fence.audit import (
+    AuditInput,
+    AuditReport,
+    DataplaneList,
+    Sample,
+    audit,
+    bookings_by_tree,
+)
 from kcm.fence.reader import BookingOf, HostReader
 from kcm.fence.render import to_json, to_table
 from kcm.host.cgroups import cgroup_root
@@ -77,12 +84,7 @@ def run_audit(
     start, booked_start = reader.sample(dataplane, clock, booking_of=booking_of)
     sleep(interval)
     end, booked_end = reader.sample(dataplane, clock, start, booking_of)
-    parents = {t.pid: t.ppid for t in start.threads.values() if t.tid == t.pid}
-    parents.update({t.pid: t.ppid for t in end.threads.values() if t.tid == t.pid})
-    bookings = bookings_by_tree(lists, parents)
-    for pid, (pool, name) in {**booked_start, **booked_end}.items():
-        if pool == DATAPLANE:
-            bookings[pid] = name
+    bookings = _bookings(lists, (start, end), {**booked_start, **booked_end})
     return audit(
         AuditInput(
             conf_dir=os.path.normpath(conf_dir),
@@ -96,6 +98,23 @@ def run_audit(
             shield=phase,
         )
     )
+
+
+def _bookings(
+    lists: tuple[DataplaneList, ...],
+    samples: tuple[Sample, ...],
+    booked: Mapping[int, tuple[str, str]],
+) -> dict[int, str]:
+    """PID -> dataplane list of its booking: by the process tree of the samples from the
+    tasks files' PIDs, and by booking cgroup (``booked``: PID -> pool, list)."""
+    parents = {
+        t.pid: t.ppid for sample in samples for t in sample.threads.values() if t.tid == t.pid
+    }
+    bookings = bookings_by_tree(lists, parents)
+    for pid, (pool, name) in booked.items():
+        if pool == DATAPLANE:
+            bookings[pid] = name
+    return bookings
 
 
 def audit_now(
@@ -113,11 +132,7 @@ def audit_now(
     dataplane = frozenset().union(*(cl.cpus for cl in lists))
     irqs = reader.irqs()
     now, booked = reader.sample(dataplane, time.monotonic, booking_of=booking_of, sched=False)
-    parents = {t.pid: t.ppid for t in now.threads.values() if t.tid == t.pid}
-    bookings = bookings_by_tree(lists, parents)
-    for pid, (pool, name) in booked.items():
-        if pool == DATAPLANE:
-            bookings[pid] = name
+    bookings = _bookings(lists, (now,), booked)
     return audit(
         AuditInput(
             conf_dir=os.path.normpath(conf_dir),

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from bench import build_isolate_state, remove_parent
+from booking_cgroups import spawn  # wall and CPU ms of one run
 
 PASS = "python -c pass"
 
@@ -41,21 +42,6 @@ def install(src: str, where: Path) -> Path:
         stderr=subprocess.DEVNULL,
     )
     return where / "bin"
-
-
-def spawn(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Wall and CPU seconds of one run of ``argv`` (stdout to /dev/null)."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        start = time.perf_counter()
-        pid = os.posix_spawn(argv[0], argv, env, file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 1)])
-        _, status, usage = os.wait4(pid, 0)
-        wall = time.perf_counter() - start
-    finally:
-        os.close(devnull)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"benchmark command failed: {argv}")
-    return wall, usage.ru_utime + usage.ru_stime
 
 
 def main() -> int:
@@ -120,8 +106,8 @@ def main() -> int:
     print("| --- | ---: | ---: | ---: | ---: |")
     for name in commands:
         w, c = statistics.median(wall[name]), statistics.median(cpu[name])
-        ratios = f"{w / base_wall:.2f}x | {c * 1000:.2f} | {c / base_cpu:.2f}x"
-        print(f"| {name} | {w * 1000:.2f} | {ratios} |")
+        ratios = f"{w / base_wall:.2f}x | {c:.2f} | {c / base_cpu:.2f}x"
+        print(f"| {name} | {w:.2f} | {ratios} |")
     return 0
 
 

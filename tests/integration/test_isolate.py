@@ -199,7 +199,7 @@ def test_signals_reach_the_whole_command_group(state2: str, tmp_path: Path, sig:
 def _zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return True
 
 

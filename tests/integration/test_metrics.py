@@ -53,7 +53,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def is_alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or gone while it was read
         return False
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 

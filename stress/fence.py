@@ -750,7 +750,13 @@ def main(argv: list[str] | None = None) -> int:
     mode = require_guest()
     import tempfile
 
-    report: dict[str, object] = {"mode": mode, "kernel": os.uname().release}
+    report: dict[str, object] = {
+        "mode": mode,
+        "kernel": os.uname().release,
+        # Boot-time isolation the guest was given (tests.guest.harness --kernel-arg), if any.
+        "nohz_full": (read("/sys/devices/system/cpu/nohz_full") or "").strip(),
+        "isolated": (read("/sys/devices/system/cpu/isolated") or "").strip(),
+    }
     with tempfile.TemporaryDirectory(prefix="kcm-fence-") as tmp:
         if args.trials:
             started = time.monotonic()

@@ -13,10 +13,13 @@ from pathlib import Path
 import pytest
 
 from tests.guest.harness import (
+    BOOT_ATTEMPTS,
     KERNEL_FOR,
     MODES,
     GuestError,
+    boot_until_started,
     guest_test_files,
+    qemu_argv,
     require_guest,
     run_in_guest,
     run_pytest_in_guest,
@@ -63,9 +66,11 @@ def test_every_guest_test_passes_inside_the_guest(cgroup: str) -> None:
 def test_a_job_gets_its_argv_environment_and_exit_status_back() -> None:
     require_guest(KERNEL_FOR["v2"])
     # 64 KiB of output, and a process left behind holding the output port: every byte
-    # arrives, and the run ends without waiting for the straggler.
+    # arrives, and the run ends without waiting for the straggler. The extra boot parameter
+    # reaches the kernel (the tickless CPU it names).
     script = (
         'printf "%s|" "$@"; echo "$KCM_IN_GUEST $EXTRA $(pwd)"; echo to-stderr >&2; '
+        "cat /sys/devices/system/cpu/nohz_full; "
         "head -c 65536 /dev/zero | tr '\\0' x; sleep 600 & exit 7"
     )
     got = run_in_guest(
@@ -74,9 +79,10 @@ def test_a_job_gets_its_argv_environment_and_exit_status_back() -> None:
         env={"EXTRA": "given"},
         cwd=Path("/usr"),
         timeout=120,
+        kernel_args=["nohz_full=3"],
     )
     assert got.exit_code == 7, got
-    assert got.output == "two words|it's|$HOME|v2 given /usr\nto-stderr\n" + "x" * 65536
+    assert got.output == "two words|it's|$HOME|v2 given /usr\nto-stderr\n3\n" + "x" * 65536
     assert 0 < got.boot_seconds < got.seconds
     assert qemu_children() == []
 
@@ -85,4 +91,28 @@ def test_a_guest_that_overruns_its_timeout_is_killed() -> None:
     require_guest(KERNEL_FOR["v2"])
     with pytest.raises(GuestError, match="timed out after 2 s"):
         run_in_guest(["sleep", "600"], cgroup="v2", timeout=2)
+    assert qemu_children() == []
+
+
+def test_a_kernel_that_panics_before_the_job_is_booted_again_up_to_a_limit(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # A real panic before any job: the kernel finds no init and no root file system.
+    argv = qemu_argv(
+        require_guest(KERNEL_FOR["v2"]),
+        cgroup="v2",
+        job=tmp_path / "job.sh",
+        ports=tmp_path,
+        smp=2,
+        memory_mb=256,
+    )
+    argv[argv.index("-append") + 1] += " rdinit=/no-such-init"
+    run, panics = boot_until_started(argv, tmp_path, 120)
+    why = "VFS: Unable to mount root fs on unknown-block(0,0)"
+    assert (run.boot, run.timed_out, run.status) == (None, False, ())
+    assert "Kernel panic - not syncing: " + why in run.console
+    assert panics == [why] * (BOOT_ATTEMPTS - 1)
+    out, err = capfd.readouterr()
+    again = f"guest: the kernel panicked while booting ({why}); booting again\n"
+    assert (out, err) == ("", again * (BOOT_ATTEMPTS - 1))
     assert qemu_children() == []

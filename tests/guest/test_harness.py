@@ -16,11 +16,13 @@ from tests.guest import build, marker
 from tests.guest.build import GuestKernel, GuestUnavailable, Pin
 from tests.guest.harness import (
     PytestCounts,
+    boot_panic,
     exit_code,
     failure,
     guest_env,
     hidden_paths,
     job_script,
+    main,
     numa_argv,
     pytest_counts,
     qemu_argv,
@@ -320,6 +322,59 @@ def test_a_job_path_with_a_space_cannot_go_on_the_kernel_command_line(tmp_path: 
             smp=4,
             memory_mb=512,
         )
+
+
+def test_extra_boot_parameters_follow_the_harness_own(tmp_path: Path) -> None:
+    def boot_line(words: list[str]) -> str:
+        argv = qemu_argv(
+            fake_kernel(tmp_path),
+            cgroup="v1",
+            job=tmp_path / "job.sh",
+            ports=tmp_path,
+            smp=4,
+            memory_mb=512,
+            kernel_args=words,
+        )
+        return argv[argv.index("-append") + 1]
+
+    plain = boot_line([])
+    assert boot_line(["nohz_full=3", "rcu_nocbs=3"]) == f"{plain} nohz_full=3 rcu_nocbs=3"
+    for word, why in [
+        ("nohz_full=3 init=/bin/sh", "one plain word"),
+        ("", "one plain word"),
+        ("a\tb", "one plain word"),
+        ("x='1'", "one plain word"),
+        ("kcm.job=/tmp/other", "sets kcm.job= itself"),
+        ("init=/bin/sh", "sets init= itself"),
+        ("panic=0", "sets panic= itself"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            boot_line([word])
+
+
+def test_the_harness_command_refuses_a_bad_boot_parameter_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--kernel-arg", "kcm.cgroup=v1", "true"]) == 125
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == "guest: the harness sets kcm.cgroup= itself: 'kcm.cgroup=v1'\n"
+
+
+PANIC_CONSOLE = """\
+[    1.406850] CPU: 2 UID: 0 PID: 0 Comm: swapper/2 Tainted: G      D      6.12.117+deb12-amd64 #1
+[    1.406909] Kernel panic - not syncing: Fatal exception in interrupt
+[    3.443172] Shutting down cpus with NMI
+"""
+
+
+def test_only_a_panic_before_the_job_started_counts_as_a_boot_to_retry() -> None:
+    assert boot_panic((), PANIC_CONSOLE, timed_out=False) == "Fatal exception in interrupt"
+    # Once the job started it may have done things: its failure is reported, not retried.
+    assert boot_panic(("start 2.10",), PANIC_CONSOLE, timed_out=False) is None
+    assert boot_panic((), PANIC_CONSOLE, timed_out=True) is None  # a hang is not retried
+    assert boot_panic(("fail no cgroup2",), "[ 1.0] Run /init as init process\n", False) is None
+    assert boot_panic((), "[ 1.2] Kernel panic - not syncing:\n", False) == "no reason given"
 
 
 def run_job(argv: list[str], env: dict[str, str], cwd: Path) -> list[str]:

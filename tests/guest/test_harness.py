@@ -16,7 +16,6 @@ from tests.guest import build, marker
 from tests.guest.build import GuestKernel, GuestUnavailable, Pin
 from tests.guest.harness import (
     PytestCounts,
-    boot_panic,
     exit_code,
     failure,
     guest_env,
@@ -27,6 +26,7 @@ from tests.guest.harness import (
     pytest_counts,
     qemu_argv,
     require_guest,
+    retry_reason,
 )
 
 CHECKOUT = Path(__file__).resolve().parent.parent.parent
@@ -368,13 +368,18 @@ PANIC_CONSOLE = """\
 """
 
 
-def test_only_a_panic_before_the_job_started_counts_as_a_boot_to_retry() -> None:
-    assert boot_panic((), PANIC_CONSOLE, timed_out=False) == "Fatal exception in interrupt"
-    # Once the job started it may have done things: its failure is reported, not retried.
-    assert boot_panic(("start 2.10",), PANIC_CONSOLE, timed_out=False) is None
-    assert boot_panic((), PANIC_CONSOLE, timed_out=True) is None  # a hang is not retried
-    assert boot_panic(("fail no cgroup2",), "[ 1.0] Run /init as init process\n", False) is None
-    assert boot_panic((), "[ 1.2] Kernel panic - not syncing:\n", False) == "no reason given"
+def test_a_guest_is_run_again_after_tcg_s_fault_or_a_panic_before_its_job() -> None:
+    int3 = PANIC_CONSOLE.replace("Comm:", "Oops: int3: 0000 [#2] PREEMPT SMP NOPTI\n[ 1.5] Comm:")
+    oops = "Oops: int3: 0000 [#2] PREEMPT SMP NOPTI"
+    assert retry_reason((), PANIC_CONSOLE, timed_out=False) == "Fatal exception in interrupt"
+    # TCG's fault is retried wherever it struck, even in the job, even when it hung the guest.
+    assert retry_reason((), int3, timed_out=False) == oops
+    assert retry_reason(("start 2.10",), int3, timed_out=True) == oops
+    # Once the job started it may have done things: any other failure is reported, not retried.
+    assert retry_reason(("start 2.10",), PANIC_CONSOLE, timed_out=False) is None
+    assert retry_reason((), PANIC_CONSOLE, timed_out=True) is None  # a hang is not retried
+    assert retry_reason(("fail no cgroup2",), "[ 1.0] Run /init as init process\n", False) is None
+    assert retry_reason((), "[ 1.2] Kernel panic - not syncing:\n", False) == "no reason given"
 
 
 def run_job(argv: list[str], env: dict[str, str], cwd: Path) -> list[str]:

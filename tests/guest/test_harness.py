@@ -8,6 +8,7 @@ import shutil
 import struct
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -271,15 +272,23 @@ def fake_kernel(tmp_path: Path) -> GuestKernel:
     )
 
 
-def test_qemu_shares_the_root_read_only_without_a_network(tmp_path: Path) -> None:
-    argv = qemu_argv(
+def fake_qemu_argv(
+    tmp_path: Path, job: str = "job.sh", kernel_args: Sequence[str] = ()
+) -> list[str]:
+    """QEMU's argv for the fake kernel: v1, 4 vCPUs, 512 MiB, ports and job in ``tmp_path``."""
+    return qemu_argv(
         fake_kernel(tmp_path),
         cgroup="v1",
-        job=tmp_path / "job.sh",
+        job=tmp_path / job,
         ports=tmp_path,
         smp=4,
         memory_mb=512,
+        kernel_args=kernel_args,
     )
+
+
+def test_qemu_shares_the_root_read_only_without_a_network(tmp_path: Path) -> None:
+    argv = fake_qemu_argv(tmp_path)
     pairs = itertools.pairwise(argv)
     options = {flag: value for flag, value in pairs if not value.startswith("-")}
     assert argv[0] == "qemu-system-x86_64"
@@ -314,27 +323,12 @@ def test_numa_nodes_share_the_vcpus_and_memory_evenly() -> None:
 
 def test_a_job_path_with_a_space_cannot_go_on_the_kernel_command_line(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="kernel command line"):
-        qemu_argv(
-            fake_kernel(tmp_path),
-            cgroup="v2",
-            job=tmp_path / "a job.sh",
-            ports=tmp_path,
-            smp=4,
-            memory_mb=512,
-        )
+        fake_qemu_argv(tmp_path, job="a job.sh")
 
 
 def test_extra_boot_parameters_follow_the_harness_own(tmp_path: Path) -> None:
     def boot_line(words: list[str]) -> str:
-        argv = qemu_argv(
-            fake_kernel(tmp_path),
-            cgroup="v1",
-            job=tmp_path / "job.sh",
-            ports=tmp_path,
-            smp=4,
-            memory_mb=512,
-            kernel_args=words,
-        )
+        argv = fake_qemu_argv(tmp_path, kernel_args=words)
         return argv[argv.index("-append") + 1]
 
     plain = boot_line([])

@@ -210,6 +210,31 @@ def test_shield_writes_the_plan_into_the_files_and_unshield_puts_them_back(
     )
 
 
+def test_the_workqueue_mask_asked_for_is_what_is_set_and_restored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A kernel with cpumask_requested whose isolated partition (of an earlier run) already
+    # keeps CPU 3 out of the mask it uses: the mask asked for still has it, and is the one
+    # the shield must set, or a partition going away would hand CPU 3 back to the workqueues.
+    conf = state_for(tmp_path)
+    host = with_booking(plain_host(str(tmp_path)), conf)
+    host.workqueue = "7"
+    host.write()
+    wq = f"{host.sys}/devices/virtual/workqueue/cpumask"
+    Path(f"{wq}_requested").write_text("f\n")
+    make = factory(host, tmp_path)
+    assert run.shield_main(conf, quiet=True, make_host=make) == 0
+    record = json.loads(read(f"{conf}/.shield.json"))
+    steps = [c for c in record["changes"] if c.get("path") == "devices/virtual/workqueue/cpumask"]
+    assert [(c["prior"], c["new"]) for c in steps] == [("f", "7")], record["changes"]
+    assert read(wq) == "7\n"
+    # The kernel's side, which a fake tree lacks: the write sets the mask asked for.
+    Path(f"{wq}_requested").write_text("7\n")
+    assert run.unshield_main(conf, quiet=True, make_host=make) == 0
+    assert read(wq) == "f\n"  # what was asked for before the shield, put back
+    capsys.readouterr()
+
+
 def test_a_second_shield_changes_nothing_more(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -164,7 +164,7 @@ class KernelHost:
             tasks=tasks,
             irqs=self._irqs(),
             default_smp_affinity=_stripped(read_text(self._path(Root.PROC, DEFAULT_SMP_AFFINITY))),
-            workqueue_cpumask=_stripped(read_text(self._path(Root.SYS, WORKQUEUE_CPUMASK))),
+            workqueue_cpumask=self._value(self._path(Root.SYS, WORKQUEUE_CPUMASK)),
             irqbalance=self._irqbalance(leaders),
             isolated=isolated or frozenset(),
             nohz_full=nohz_full or frozenset(),
@@ -344,6 +344,15 @@ class KernelHost:
     # kernel files
 
     def _value(self, path: str) -> str | None:
+        if path.endswith(f"/{WORKQUEUE_CPUMASK}"):
+            # The shield sets and restores the mask asked for, which a kernel with
+            # ``cpumask_requested`` (6.12 here; 6.1 has none) keeps apart from the one it
+            # uses: that one also leaves out isolated partitions' CPUs, which come and go with
+            # the partitions. Read as the shield's own, it made the shield skip its write when
+            # a partition was there first, so whether the mask was set depended on timing.
+            requested = read_text(f"{path}_requested")
+            if requested is not None:
+                return requested.strip()
         text = read_text(path)
         if text is None:
             return None

@@ -306,28 +306,18 @@ class Trials:
     failures: list[str] = field(default_factory=list)
 
 
-def killed_run(args: list[str], delay: float) -> int | None:
-    """Start ``kcm <args>``, SIGKILL it after ``delay`` seconds; its exit status if it ended
-    first, else None."""
+def killed_run(args: list[str], delay: float, saved: tuple[str, str] | None = None) -> int | None:
+    """Start ``kcm <args>`` and SIGKILL it ``delay`` seconds later: after its start, or, with
+    ``saved`` (the state directory, a phase), after the record first says that phase. Its
+    exit status if it ended first, else None. Under TCG the interpreter's start-up varies by
+    seconds from run to run, so a kill timed from the start rarely lands in the short span
+    between the save and the end."""
     proc = kcm_popen(*args)
     try:
-        proc.wait(delay)
-        return proc.returncode
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        return None
-
-
-def killed_after_save(args: list[str], conf: str, marker: str, delay: float) -> int | None:
-    """Start ``kcm <args>``, wait for the record's first save (phase ``marker``), SIGKILL it
-    ``delay`` seconds later; its exit status if it ended first, else None. Under TCG the
-    interpreter's start-up varies by seconds from run to run, so a kill timed from the start
-    rarely lands in the short span between the save and the end."""
-    proc = kcm_popen(*args)
-    try:
-        while proc.poll() is None and record_phase(conf) != marker:
-            time.sleep(0.002)
+        if saved is not None:
+            conf, marker = saved
+            while proc.poll() is None and record_phase(conf) != marker:
+                time.sleep(0.002)
         proc.wait(delay)
         return proc.returncode
     except subprocess.TimeoutExpired:
@@ -363,7 +353,7 @@ def kill_trials(fx: Fixture, trials: int, seed: int) -> Trials:
 
     Most of a run under TCG is the interpreter starting: a fifth of the kills land anywhere
     before the record's first save, the rest between it and the end, where steps are done,
-    timed from the save itself (``killed_after_save``)."""
+    timed from the save itself (``killed_run``'s ``saved``)."""
     rng = random.Random(seed)
     conf = f"--conf-dir={fx.conf}"
     original = fence_files()
@@ -390,7 +380,7 @@ def kill_trials(fx: Fixture, trials: int, seed: int) -> Trials:
                 code = killed_run([command, conf, "--quiet"], delay)
             else:
                 delay = rng.uniform(0, max(span - first, 0.05))
-                code = killed_after_save([command, conf, "--quiet"], fx.conf, marker, delay)
+                code = killed_run([command, conf, "--quiet"], delay, (fx.conf, marker))
             phase = record_phase(fx.conf)
             if code is not None:
                 out.finished_first[command] += 1

@@ -315,24 +315,20 @@ def finish(
     and may still be on their way out (a shell's child outlives the shell by a moment): they
     are given up to ``ENDING_GRACE`` seconds to go before they count as leftovers."""
     booking = booked.booking
+    grace = ENDING_GRACE if ending else 0.0
     try:
         if booking is not None:
             assert backend is not None
             if origin is not None:
                 backend.leave(origin)
             path = backend.path(booking)
-            if ending:
-                _wait_until(lambda: not backend.populated(path), ENDING_GRACE)
-            if not backend.populated(path):
+            if _wait_until(lambda: not backend.populated(path), grace):
                 release(conf_dir, pool_name, booked.cpus, me.pid)
                 _remove_quietly(backend, booking)  # empty for good: nothing is left to fork
                 return
-        else:
-            if ending and command_pgid:
-                _wait_until(lambda: not _group_lives(command_pgid), ENDING_GRACE)
-            if not command_pgid or not _group_lives(command_pgid):
-                release(conf_dir, pool_name, booked.cpus, me.pid)
-                return
+        elif not command_pgid or _wait_until(lambda: not _group_lives(command_pgid), grace):
+            release(conf_dir, pool_name, booked.cpus, me.pid)
+            return
     except KcmError as e:
         _error(f"{e.message}; CPU list {booked.cpus} of pool {pool_name!r} stays booked")
         return
@@ -346,12 +342,20 @@ def finish(
 ENDING_GRACE = 1.0
 
 
-def _wait_until(done: Callable[[], bool], seconds: float) -> None:
+def _wait_until(done: Callable[[], bool], seconds: float) -> bool:
+    """Whether ``done()`` holds, asked at once and, for up to ``seconds``, every 5 ms."""
+    if done():
+        return True
+    if seconds <= 0:
+        return False
     import time
 
     deadline = time.monotonic() + seconds
-    while not done() and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         time.sleep(0.005)
+        if done():
+            return True
+    return False
 
 
 def _group_lives(pgid: int) -> bool:

@@ -80,8 +80,9 @@ class Unified(Backend):
                 # in the list level's subtree_control yet. Seen in the guest with 8 creators
                 # racing even after the levels were made: the caller makes them again and
                 # retries; a file that is there and refuses is an error.
-                missing = e.errno == errno.EACCES and not os.path.exists(f"{path}/{name}")
-                if e.errno == errno.ENOENT or (e.errno == errno.EACCES and not strict) or missing:
+                if e.errno == errno.ENOENT or (
+                    e.errno == errno.EACCES and (not strict or not os.path.exists(f"{path}/{name}"))
+                ):
                     return False
                 raise CgroupError(f"cannot set {path}/{name} to {value}: {why(e)}") from None
         return True
